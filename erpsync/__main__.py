@@ -1,0 +1,5 @@
+import sys
+
+from erpsync.cli import main
+
+sys.exit(main())

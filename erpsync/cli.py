@@ -1,0 +1,120 @@
+"""The ``erpsync`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from erpsync import stack
+from erpsync.settings import Settings, load_settings
+from erpsync.stack.components import all_components, load_connector_configs
+from erpsync.stack.connect import ConnectClient
+from erpsync.stack.process import tail
+
+log = logging.getLogger("erpsync")
+
+
+def _stack_up(settings: Settings, args: argparse.Namespace) -> int:
+    timings = stack.up(settings)
+    total = sum(timings.values())
+    print("stack up: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f" (total {total:.1f}s)")
+    return 0
+
+
+def _stack_down(settings: Settings, args: argparse.Namespace) -> int:
+    stopped = stack.down(settings)
+    print("stack down: stopped " + (", ".join(stopped) if stopped else "nothing (nothing was running)"))
+    return 0
+
+
+def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
+    rows = stack.status(settings)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['component']:<9} {row['state']:<10} pid={row['pid'] or '-':<8} "
+                  f"{row['endpoint']:<24} log={row['log']}")
+            for name, st in row.get("connectors", {}).items():
+                print(f"  connector {name}: {st['connector']}, tasks {', '.join(st['tasks']) or 'none'}")
+            for slot, lag in row.get("replication_slots", {}).items():
+                print(f"  replication slot {slot}: lag {lag if lag is not None else '?'} bytes")
+    return 0 if all(r["state"] == "healthy" for r in rows) else 1
+
+
+def _stack_logs(settings: Settings, args: argparse.Namespace) -> int:
+    for component in all_components(settings):
+        if args.component in (None, component.name):
+            print(f"==> {component.log_file} <==")
+            print(tail(component.log_file, args.lines))
+    return 0
+
+
+def _connectors_apply(settings: Settings, args: argparse.Namespace) -> int:
+    client = ConnectClient(settings.connect.url)
+    for connector in load_connector_configs():
+        client.apply(connector)
+        client.wait_running(connector["name"], timeout_s=settings.stack.start_timeout_s,
+                            log_file=Path("(the Kafka Connect worker's log)"))
+        print(f"connector {connector['name']}: RUNNING")
+    return 0
+
+
+def _connectors_status(settings: Settings, args: argparse.Namespace) -> int:
+    states = ConnectClient(settings.connect.url).states()
+    for name, st in states.items():
+        print(f"connector {name}: {st['connector']}, tasks {', '.join(st['tasks']) or 'none'}")
+    ok = all(st["connector"] == "RUNNING" and st["tasks"] and set(st["tasks"]) == {"RUNNING"}
+             for st in states.values())
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="erpsync", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack_p = sub.add_parser(
+        "stack", help="manage the local stack (Kafka, Connect, PostgreSQL, MariaDB, Redis)"
+    )
+    stack_sub = stack_p.add_subparsers(dest="action", required=True)
+    stack_sub.add_parser("up", help="install what is missing, start and provision everything (idempotent)"
+                         ).set_defaults(func=_stack_up)
+    stack_sub.add_parser("down", help="stop everything; data is kept").set_defaults(func=_stack_down)
+    st = stack_sub.add_parser("status", help="components, connector tasks and replication slot lag")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_stack_status)
+    lg = stack_sub.add_parser("logs", help="the last lines of each component's log")
+    lg.add_argument("component", nargs="?", choices=["redis", "postgres", "mariadb", "kafka", "connect"])
+    lg.add_argument("-n", "--lines", type=int, default=40)
+    lg.set_defaults(func=_stack_logs)
+
+    conn_p = sub.add_parser("connectors", help="Debezium connectors on a Kafka Connect cluster")
+    conn_sub = conn_p.add_subparsers(dest="action", required=True)
+    conn_sub.add_parser("apply", help="create or update every debezium/*.json connector (PUT, idempotent)"
+                        ).set_defaults(func=_connectors_apply)
+    conn_sub.add_parser("status", help="connector and task states").set_defaults(func=_connectors_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = load_settings()
+    try:
+        code: int = args.func(settings, args)
+    except stack.StackError as exc:
+        print(f"erpsync: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

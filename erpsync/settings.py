@@ -1,0 +1,96 @@
+"""One immutable settings object, read from the environment (prefix ``ERPSYNC_``) at start-up.
+
+Nested sections use ``__`` as the delimiter, e.g. ``ERPSYNC_KAFKA__PORT=29092`` or
+``ERPSYNC_ERP__PASSWORD=...``. Passwords are ``SecretStr`` so they never reach a log line.
+The local stack (``erpsync stack``) serves exactly the endpoints configured here; pointing erpsync
+at an existing Kafka/Connect/ERP/WMS is a matter of changing them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_FROZEN = ConfigDict(frozen=True)
+
+
+class KafkaSettings(BaseModel):
+    model_config = _FROZEN
+    host: str = "127.0.0.1"
+    port: int = 19092
+    controller_port: int = 19093
+    schema_registry_url: str | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class ConnectSettings(BaseModel):
+    model_config = _FROZEN
+    host: str = "127.0.0.1"
+    port: int = 18083
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+class DatabaseSettings(BaseModel):
+    """A source or sink database: an admin login (local stack, tests) and the CDC capture login."""
+
+    model_config = _FROZEN
+    host: str = "127.0.0.1"
+    port: int = 15432
+    dbname: str = "erp"
+    user: str = "postgres"
+    password: SecretStr = SecretStr("erpsync-local")
+    capture_user: str = "erpsync_capture"
+    capture_password: SecretStr = SecretStr("erpsync-capture-local")
+
+
+class OpsDatabaseSettings(DatabaseSettings):
+    dbname: str = "erpsync_ops"
+
+
+class WmsDatabaseSettings(DatabaseSettings):
+    port: int = 13306
+    dbname: str = "wms"
+    user: str = "root"
+
+
+class RedisSettings(BaseModel):
+    model_config = _FROZEN
+    host: str = "127.0.0.1"
+    port: int = 16379
+
+
+class StackSettings(BaseModel):
+    """Where the local stack keeps its data, logs and JVM jars (git-ignored)."""
+
+    model_config = _FROZEN
+    home: Path = Field(default_factory=lambda: Path.cwd() / ".erpsync")
+    kafka_heap: str = "512m"
+    connect_heap: str = "768m"
+    start_timeout_s: float = 120.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ERPSYNC_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    connect: ConnectSettings = ConnectSettings()
+    erp: DatabaseSettings = DatabaseSettings()
+    ops: OpsDatabaseSettings = OpsDatabaseSettings()
+    wms: WmsDatabaseSettings = WmsDatabaseSettings()
+    redis: RedisSettings = RedisSettings()
+    stack: StackSettings = StackSettings()
+
+
+def load_settings() -> Settings:
+    """Build the settings once, at start-up, from the environment."""
+    return Settings()

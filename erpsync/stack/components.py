@@ -1,0 +1,600 @@
+"""The components of the local stack, each started from Debian packages or Maven Central jars.
+
+Every component follows one template: ``running()``, ``start()`` (which waits on a real health
+check and raises ``StackError`` naming the component and its log), ``provision()`` (idempotent
+schema/user set-up after it is healthy), ``stop()`` and ``describe()``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pwd
+import subprocess
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+
+from erpsync.settings import Settings
+from erpsync.stack.connect import ConnectClient
+from erpsync.stack.install import pg_bin
+from erpsync.stack.process import (
+    StackError,
+    port_open,
+    read_pid,
+    run,
+    spawn,
+    tail,
+    terminate,
+    wait_until,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEBEZIUM_DIR = REPO_ROOT / "debezium"
+REFERENCE_DIR = REPO_ROOT / "reference"
+
+
+def _as_user(user: str, argv: list[str]) -> list[str]:
+    """Run argv as `user` when we are root (PostgreSQL refuses to run as root)."""
+    if os.geteuid() == 0:
+        return ["runuser", "-u", user, "--", *argv]
+    return argv
+
+
+def _chown(path: Path, user: str) -> None:
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+@dataclass
+class Component:
+    """Base of the template; subclasses fill in the commands."""
+
+    settings: Settings
+    name: str = ""
+    home: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.home = self.settings.stack.home / self.name
+        self.home.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def log_file(self) -> Path:
+        return self.settings.stack.home / "logs" / f"{self.name}.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / f"{self.name}.pid"
+
+    @property
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    def pid(self) -> int | None:
+        return read_pid(self.pid_file)
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def launch(self) -> None:
+        raise NotImplementedError
+
+    def provision(self) -> None:
+        """Idempotent set-up once healthy (databases, users, connectors)."""
+
+    def start(self) -> None:
+        if self.running() and self.healthy():
+            return
+        if self.running():
+            # Up but not yet healthy: give it the start timeout before declaring it failed.
+            self._wait_healthy()
+            return
+        self.launch()
+        self._wait_healthy()
+
+    def _wait_healthy(self) -> None:
+        ok = wait_until(self.healthy, timeout_s=self.settings.stack.start_timeout_s, alive=self.running)
+        if not ok:
+            state = "is running but not healthy" if self.running() else "exited"
+            raise StackError(
+                f"{self.name} failed to start ({state}; endpoint {self.endpoint}); "
+                f"see its log {self.log_file}\n--- last lines ---\n{tail(self.log_file)}"
+            )
+
+    def stop(self) -> bool:
+        return terminate(self.pid_file)
+
+    def describe(self) -> dict[str, Any]:
+        pid = self.pid()
+        up = pid is not None and self.healthy()
+        return {
+            "component": self.name,
+            "state": "healthy" if up else ("unhealthy" if pid else "stopped"),
+            "pid": pid,
+            "endpoint": self.endpoint,
+            "log": str(self.log_file),
+        }
+
+
+class Redis(Component):
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "redis")
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.settings.redis.host}:{self.settings.redis.port}"
+
+    def healthy(self) -> bool:
+        try:
+            client = redis.Redis(
+                host=self.settings.redis.host, port=self.settings.redis.port, socket_timeout=1
+            )
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    def launch(self) -> None:
+        spawn(
+            [
+                "redis-server",
+                "--bind", self.settings.redis.host,
+                "--port", str(self.settings.redis.port),
+                "--dir", str(self.home),
+                "--appendonly", "yes",
+                "--daemonize", "no",
+                "--protected-mode", "yes",
+            ],
+            log_file=self.log_file,
+            pid_file=self.pid_file,
+        )
+
+
+class Postgres(Component):
+    """One PostgreSQL cluster holding the ERP database and the erpsync ops database."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "postgres")
+        self.data = self.home / "data"
+        self.run_dir = self.home / "run"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.settings.erp.host}:{self.settings.erp.port}"
+
+    def _conninfo(self, dbname: str) -> str:
+        erp = self.settings.erp
+        return psycopg.conninfo.make_conninfo(
+            host=erp.host, port=erp.port, dbname=dbname, user=erp.user,
+            password=erp.password.get_secret_value(), connect_timeout=3,
+        )
+
+    def healthy(self) -> bool:
+        try:
+            with psycopg.connect(self._conninfo("postgres")) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def _initdb(self) -> None:
+        if (self.data / "PG_VERSION").exists():
+            return
+        for path in (self.home, self.run_dir):
+            path.mkdir(parents=True, exist_ok=True)
+            _chown(path, "postgres")
+        pwfile = self.home / ".pwfile"
+        pwfile.write_text(self.settings.erp.password.get_secret_value())
+        pwfile.chmod(0o600)
+        _chown(pwfile, "postgres")
+        try:
+            run(
+                _as_user("postgres", [
+                    pg_bin("initdb"), "-D", str(self.data), "-U", self.settings.erp.user,
+                    f"--pwfile={pwfile}", "--auth-local=peer", "--auth-host=scram-sha-256",
+                    "--encoding=UTF8", "--locale=C.UTF-8",
+                ]),
+                what="postgres (initdb)",
+                log_file=self.log_file,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write("\ninclude_if_exists = 'erpsync.conf'\n")
+
+    def launch(self) -> None:
+        self._initdb()
+        # Rewritten on every start so port changes in settings take effect.
+        conf = self.data / "erpsync.conf"
+        conf.write_text(
+            "\n".join([
+                f"listen_addresses = '{self.settings.erp.host}'",
+                f"port = {self.settings.erp.port}",
+                f"unix_socket_directories = '{self.run_dir}'",
+                "wal_level = logical",
+                "max_wal_senders = 10",
+                "max_replication_slots = 10",
+                "shared_buffers = 128MB",
+                "fsync = on",
+                "",
+            ])
+        )
+        _chown(conf, "postgres")
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.touch()
+        _chown(self.log_file, "postgres")
+        result = subprocess.run(
+            _as_user("postgres", [
+                pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log_file),
+                "-w", "-t", str(int(self.settings.stack.start_timeout_s)), "start",
+            ]),
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise StackError(
+                f"postgres failed to start (pg_ctl exited {result.returncode}); "
+                f"see its log {self.log_file}\n--- last lines ---\n{tail(self.log_file)}"
+            )
+
+    def stop(self) -> bool:
+        if not self.running():
+            return False
+        subprocess.run(
+            _as_user("postgres", [pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"]),
+            capture_output=True, check=False,
+        )
+        return True
+
+    def pid(self) -> int | None:
+        return read_pid(self.data / "postmaster.pid")
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if info["state"] == "healthy":
+            info["replication_slots"] = self.slot_lag()
+        return info
+
+    def slot_lag(self) -> dict[str, int | None]:
+        """Bytes of WAL each replication slot still holds back (its consumer's lag)."""
+        with psycopg.connect(self._conninfo(self.settings.erp.dbname)) as conn:
+            rows = conn.execute(
+                "SELECT slot_name, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
+                " FROM pg_replication_slots ORDER BY slot_name"
+            ).fetchall()
+        return {name: lag for name, lag in rows}
+
+    def provision(self) -> None:
+        for dbname in (self.settings.erp.dbname, self.settings.ops.dbname):
+            with psycopg.connect(self._conninfo("postgres"), autocommit=True) as conn:
+                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+                if not exists:
+                    conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(dbname)))
+        with psycopg.connect(self._conninfo(self.settings.erp.dbname), autocommit=True) as conn:
+            has_schema = conn.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = 'erp' AND table_name = 'items'"
+            ).fetchone()
+            if not has_schema:
+                conn.execute((REFERENCE_DIR / "erp.postgres.sql").read_text())
+        self._psql_file(
+            DEBEZIUM_DIR / "erp-capture.sql",
+            dbname=self.settings.erp.dbname,
+            variables={
+                "capture_user": self.settings.erp.capture_user,
+                "capture_password": self.settings.erp.capture_password.get_secret_value(),
+            },
+        )
+
+    def _psql_file(self, path: Path, *, dbname: str, variables: dict[str, str]) -> None:
+        # Variables go through stdin (\set), not argv, so passwords never show up in `ps`.
+        sets = "".join(f"\\set {k} '{v.replace(chr(39), chr(39) * 2)}'\n" for k, v in variables.items())
+        erp = self.settings.erp
+        env = dict(os.environ, PGPASSWORD=erp.password.get_secret_value())
+        run(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", erp.host, "-p", str(erp.port),
+             "-U", erp.user, "-d", dbname, "-f", "-"],
+            what=f"postgres ({path.name})",
+            log_file=self.log_file.with_name("postgres-setup.log"),
+            env=env,
+            input_text=sets + path.read_text(),
+        )
+
+
+class MariaDB(Component):
+    """The WMS database, with a ROW-format binlog for Debezium."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "mariadb")
+        self.data = self.home / "data"
+        self.socket = self.home / "mysqld.sock"
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.settings.wms.host}:{self.settings.wms.port}"
+
+    def healthy(self) -> bool:
+        if not self.socket.exists():
+            return False
+        result = subprocess.run(
+            ["mariadb-admin", f"--socket={self.socket}", "-u", "root", "ping"],
+            capture_output=True, check=False,
+        )
+        return result.returncode == 0
+
+    def launch(self) -> None:
+        if not (self.data / "mysql").is_dir():
+            self.data.mkdir(parents=True, exist_ok=True)
+            _chown(self.data, "mysql")
+            run(
+                ["mariadb-install-db", "--no-defaults", "--user=mysql", f"--datadir={self.data}",
+                 "--skip-test-db"],
+                what="mariadb (mariadb-install-db)",
+                log_file=self.log_file,
+            )
+        _chown(self.home, "mysql")
+        spawn(
+            [
+                "mariadbd", "--no-defaults", "--user=mysql",
+                f"--datadir={self.data}",
+                f"--socket={self.socket}",
+                f"--bind-address={self.settings.wms.host}",
+                f"--port={self.settings.wms.port}",
+                f"--pid-file={self.home / 'mariadbd.pid'}",
+                "--server-id=1",
+                f"--log-bin={self.data / 'binlog'}",
+                "--binlog-format=ROW",
+                "--binlog-row-image=FULL",
+                "--expire-logs-days=7",
+                "--innodb-buffer-pool-size=128M",
+                "--skip-name-resolve",
+            ],
+            log_file=self.log_file,
+            pid_file=self.pid_file,
+        )
+
+    def sql(self, statements: str, *, database: str | None = None) -> str:
+        """Run SQL as the local root over the socket (OS-user auth), statements through stdin."""
+        argv = ["mariadb", f"--socket={self.socket}", "-u", "root", "--batch", "--skip-column-names"]
+        if database:
+            argv.append(database)
+        return run(argv, what="mariadb (setup)", log_file=self.log_file.with_name("mariadb-setup.log"),
+                   input_text=statements)
+
+    def provision(self) -> None:
+        wms = self.settings.wms
+        password = wms.password.get_secret_value()
+        quoted = "'" + password.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        # An admin login for TCP clients (tests, reconcile); the socket stays OS-user authenticated.
+        self.sql(
+            f"CREATE USER IF NOT EXISTS '{wms.user}'@'127.0.0.1' IDENTIFIED BY {quoted};\n"
+            f"ALTER USER '{wms.user}'@'127.0.0.1' IDENTIFIED BY {quoted};\n"
+            f"GRANT ALL PRIVILEGES ON *.* TO '{wms.user}'@'127.0.0.1' WITH GRANT OPTION;\n"
+        )
+        has_schema = self.sql(
+            "SELECT COUNT(*) FROM information_schema.tables "
+            f"WHERE table_schema = '{wms.dbname}' AND table_name = 'inventory_balances';"
+        ).strip()
+        if has_schema == "0":
+            self.sql((REFERENCE_DIR / "wms.mysql.sql").read_text())
+        capture_password = wms.capture_password.get_secret_value().replace("\\", "\\\\").replace("'", "\\'")
+        self.sql(
+            f"SET @capture_user = '{wms.capture_user}';\n"
+            f"SET @capture_password = '{capture_password}';\n"
+            + (DEBEZIUM_DIR / "wms-capture.sql").read_text()
+        )
+
+
+class Kafka(Component):
+    """Apache Kafka in KRaft combined mode (broker + controller), one node."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "kafka")
+        self.data = self.home / "data"
+
+    @property
+    def endpoint(self) -> str:
+        return self.settings.kafka.bootstrap_servers
+
+    @property
+    def jvm(self) -> Path:
+        return self.settings.stack.home / "jvm"
+
+    def healthy(self) -> bool:
+        from confluent_kafka.admin import AdminClient  # noqa: PLC0415 - heavy import, only when used
+
+        if not port_open(self.settings.kafka.host, self.settings.kafka.port):
+            return False
+        admin = AdminClient({"bootstrap.servers": self.endpoint, "socket.timeout.ms": 2000})
+        try:
+            meta = admin.list_topics(timeout=3)
+        except Exception:  # noqa: BLE001 - any failure means "not healthy yet"
+            return False
+        return bool(meta.brokers)
+
+    def _write_config(self) -> Path:
+        k = self.settings.kafka
+        props = self.home / "server.properties"
+        props.write_text(
+            "\n".join([
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@{k.host}:{k.controller_port}",
+                f"listeners=PLAINTEXT://{k.host}:{k.port},CONTROLLER://{k.host}:{k.controller_port}",
+                f"advertised.listeners=PLAINTEXT://{k.host}:{k.port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={self.data}",
+                "num.partitions=1",
+                "auto.create.topics.enable=true",
+                "offsets.topic.replication.factor=1",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "log.retention.hours=168",
+                "log.cleaner.enable=true",
+                "",
+            ])
+        )
+        return props
+
+    def _java(self, main: str, *args: str, heap: str) -> list[str]:
+        return [
+            "java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.settings.stack.home / 'log4j2.properties'}",
+            "-cp", str(self.jvm / "lib" / "*"), main, *args,
+        ]
+
+    def launch(self) -> None:
+        _write_log4j(self.settings.stack.home / "log4j2.properties")
+        props = self._write_config()
+        if not (self.data / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            run(
+                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+                           heap="256m"),
+                what="kafka (storage format)",
+                log_file=self.log_file,
+            )
+        spawn(self._java("kafka.Kafka", str(props), heap=self.settings.stack.kafka_heap),
+              log_file=self.log_file, pid_file=self.pid_file)
+
+
+class Connect(Kafka):
+    """Kafka Connect distributed worker with the Debezium PostgreSQL and MariaDB plugins."""
+
+    def __init__(self, settings: Settings) -> None:
+        Component.__init__(self, settings, "connect")
+
+    @property
+    def endpoint(self) -> str:
+        return self.settings.connect.url
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/connector-plugins", timeout=3) as resp:  # noqa: S310
+                plugins = json.load(resp)
+        except (OSError, ValueError):
+            return False
+        classes = {p.get("class", "") for p in plugins}
+        return all(c in classes for c in _REQUIRED_PLUGINS)
+
+    def launch(self) -> None:
+        _write_log4j(self.settings.stack.home / "log4j2.properties")
+        props = self.home / "connect-distributed.properties"
+        worker = connect_worker_properties(self.settings)
+        props.write_text("".join(f"{k}={v}\n" for k, v in worker.items()))
+        spawn(
+            self._java("org.apache.kafka.connect.cli.ConnectDistributed", str(props),
+                       heap=self.settings.stack.connect_heap),
+            log_file=self.log_file,
+            pid_file=self.pid_file,
+            env=connector_env(self.settings),
+        )
+
+    def provision(self) -> None:
+        client = ConnectClient(self.endpoint)
+        connectors = load_connector_configs()
+        for connector in connectors:
+            client.apply(connector)
+        for connector in connectors:
+            client.wait_running(connector["name"], timeout_s=self.settings.stack.start_timeout_s,
+                                log_file=self.log_file)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if info["state"] == "healthy":
+            info["connectors"] = ConnectClient(self.endpoint).states()
+        return info
+
+
+_REQUIRED_PLUGINS = (
+    "io.debezium.connector.postgresql.PostgresConnector",
+    "io.debezium.connector.mariadb.MariaDbConnector",
+)
+
+
+def load_connector_configs() -> list[dict[str, Any]]:
+    """The Debezium connector definitions, debezium/*.json ({"name", "config"})."""
+    return [json.loads(p.read_text()) for p in sorted(DEBEZIUM_DIR.glob("*.json"))]
+
+
+def connect_worker_properties(settings: Settings) -> dict[str, str]:
+    """The Connect worker's settings; docker-compose.yml sets the same (a test compares them)."""
+    c = settings.connect
+    return {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "group.id": "erpsync-connect",
+        "key.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "value.converter": "org.apache.kafka.connect.json.JsonConverter",
+        "key.converter.schemas.enable": "false",
+        "value.converter.schemas.enable": "false",
+        "config.storage.topic": "_erpsync-connect-configs",
+        "offset.storage.topic": "_erpsync-connect-offsets",
+        "status.storage.topic": "_erpsync-connect-status",
+        "config.storage.replication.factor": "1",
+        "offset.storage.replication.factor": "1",
+        "status.storage.replication.factor": "1",
+        "offset.flush.interval.ms": "1000",
+        "listeners": f"http://{c.host}:{c.port}",
+        "rest.advertised.host.name": c.host,
+        "rest.advertised.port": str(c.port),
+        "plugin.path": str(settings.stack.home / "jvm" / "plugins"),
+        # Connector JSONs read hosts and credentials as ${env:...}: the same files serve the local
+        # stack and docker-compose, and no password is stored in a connector config.
+        "config.providers": "env",
+        "config.providers.env.class": "org.apache.kafka.common.config.provider.EnvVarConfigProvider",
+    }
+
+
+def connector_env(settings: Settings) -> dict[str, str]:
+    """The environment the connector JSONs' ${env:...} placeholders read (the Connect worker's)."""
+    env = dict(os.environ)
+    for prefix, db in (("ERP", settings.erp), ("WMS", settings.wms)):
+        env.update({
+            f"ERPSYNC_{prefix}_HOST": db.host,
+            f"ERPSYNC_{prefix}_PORT": str(db.port),
+            f"ERPSYNC_{prefix}_DBNAME": db.dbname,
+            f"ERPSYNC_{prefix}_CAPTURE_USER": db.capture_user,
+            f"ERPSYNC_{prefix}_CAPTURE_PASSWORD": db.capture_password.get_secret_value(),
+        })
+    env["ERPSYNC_KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka.bootstrap_servers
+    return env
+
+
+def _write_log4j(path: Path) -> None:
+    path.write_text(
+        "\n".join([
+            "status = warn",
+            "appender.console.type = Console",
+            "appender.console.name = STDOUT",
+            "appender.console.layout.type = PatternLayout",
+            "appender.console.layout.pattern = [%d] %p %m (%c)%n",
+            "rootLogger.level = INFO",
+            "rootLogger.appenderRef.stdout.ref = STDOUT",
+            "logger.kafka.name = kafka",
+            "logger.kafka.level = WARN",
+            "logger.kafkaapache.name = org.apache.kafka",
+            "logger.kafkaapache.level = WARN",
+            "logger.connect.name = org.apache.kafka.connect.runtime",
+            "logger.connect.level = INFO",
+            "logger.reflections.name = org.reflections",
+            "logger.reflections.level = ERROR",
+            "",
+        ])
+    )
+
+
+def all_components(settings: Settings) -> list[Component]:
+    """In start order; stop in reverse."""
+    return [Redis(settings), Postgres(settings), MariaDB(settings), Kafka(settings), Connect(settings)]

@@ -1,0 +1,77 @@
+"""Kafka Connect REST client: idempotent connector registration and state checks."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from erpsync.stack.process import StackError, tail
+
+
+class ConnectClient:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def _request(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(  # noqa: S310 - the URL comes from settings
+            f"{self.url}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")[:2000]
+            raise StackError(f"connect: {method} {path} returned {exc.code}: {detail}") from exc
+        return json.loads(raw) if raw else None
+
+    def apply(self, connector: dict[str, Any]) -> None:
+        """Create or update a connector from its JSON ({"name", "config"}); PUT is idempotent."""
+        self._request("PUT", f"/connectors/{connector['name']}/config", connector["config"])
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self._request("GET", f"/connectors/{name}/status")
+        except StackError as exc:
+            if "returned 404" in str(exc):
+                return None
+            raise
+        return result
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        """Connector and task state of every connector."""
+        names: list[str] = self._request("GET", "/connectors")
+        out: dict[str, dict[str, Any]] = {}
+        for name in sorted(names):
+            st = self.status(name) or {}
+            out[name] = {
+                "connector": st.get("connector", {}).get("state", "UNKNOWN"),
+                "tasks": [t.get("state", "UNKNOWN") for t in st.get("tasks", [])],
+            }
+        return out
+
+    def wait_running(self, name: str, *, timeout_s: float, log_file: Path) -> None:
+        """Wait until the connector and all its tasks are RUNNING; fail fast on FAILED."""
+        deadline = time.monotonic() + timeout_s
+        last: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            last = self.status(name)
+            if last:
+                states = [last["connector"]["state"]] + [t["state"] for t in last.get("tasks", [])]
+                if "FAILED" in states:
+                    traces = [t.get("trace", "") for t in [last["connector"], *last.get("tasks", [])]]
+                    first = next((t.splitlines()[0] for t in traces if t), "no trace")
+                    raise StackError(
+                        f"connector {name} FAILED: {first}; see the connect log {log_file}"
+                    )
+                if last.get("tasks") and all(s == "RUNNING" for s in states):
+                    return
+            time.sleep(1)
+        raise StackError(
+            f"connector {name} not RUNNING after {timeout_s:.0f}s (last status {last}); "
+            f"see the connect log {log_file}\n{tail(log_file)}"
+        )

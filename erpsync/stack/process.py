@@ -1,0 +1,144 @@
+"""Small process helpers for the local stack: detached start, pid files, port and health waits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+
+class StackError(RuntimeError):
+    """A component could not be installed, started or stopped. The message names it and its log."""
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """Last lines of a log file (empty when there is none)."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16384))
+            text = fh.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The pid on the first line of pid_file when that process is alive, else None."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    # A zombie (exited, not reaped by us) is not running.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return pid
+    return None if state == "Z" else pid
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log_file: Path,
+    pid_file: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start argv in its own session, output appended to log_file, pid written to pid_file."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+    pid_file.write_text(str(proc.pid))
+    return proc
+
+
+def terminate(pid_file: Path, *, timeout_s: float = 60.0) -> bool:
+    """SIGTERM the process in pid_file and wait; SIGKILL after timeout_s. True if one was running."""
+    pid = read_pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if read_pid(pid_file) is None:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout_s: float,
+    alive: Callable[[], bool] | None = None,
+    interval_s: float = 0.5,
+) -> bool:
+    """Poll check() until it is true (True), the timeout passes or alive() turns false (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        if alive is not None and not alive():
+            return check()
+        time.sleep(interval_s)
+    return check()
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    what: str,
+    log_file: Path,
+    env: Mapping[str, str] | None = None,
+    input_text: str | None = None,
+) -> str:
+    """Run a set-up command to completion, logging its output; raise StackError naming `what`."""
+    result = subprocess.run(
+        list(argv),
+        input=input_text,
+        capture_output=True,
+        text=True,
+        env=dict(env) if env is not None else None,
+        check=False,
+    )
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("a") as log:
+        log.write(f"$ {' '.join(argv)}\n{result.stdout}{result.stderr}")
+    if result.returncode != 0:
+        raise StackError(
+            f"{what}: `{argv[0]}` exited with {result.returncode}; see {log_file}\n"
+            f"{(result.stderr or result.stdout).strip()[-2000:]}"
+        )
+    return result.stdout
