@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from erpsync import stack
+from erpsync.schemas.compat import check_directory
+from erpsync.schemas.registry import RELEASED_DIR, SCHEMA_DIR, SchemaRegistry
 from erpsync.settings import Settings, load_settings
 from erpsync.stack.components import all_components, load_connector_configs
 from erpsync.stack.connect import ConnectClient
@@ -73,6 +75,41 @@ def _connectors_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from erpsync import runner  # noqa: PLC0415 - bytewax is only imported for commands that run flows
+
+    runner.run(settings, SchemaRegistry.load())
+    return 0
+
+
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from erpsync import runner  # noqa: PLC0415
+
+    counts = runner.replay(SchemaRegistry.load(), args.input, args.output, workers=args.workers)
+    produced = sum(n for k, n in counts.items() if not k.startswith("ignored:"))
+    print(f"replay: {produced} records written to {args.output}")
+    for name, n in sorted(counts.items()):
+        print(f"  {name}: {n}")
+    return 0
+
+
+def _capture_fixtures(settings: Settings, args: argparse.Namespace) -> int:
+    from erpsync.fixtures import capture  # noqa: PLC0415
+
+    counts = capture(settings, args.output)
+    print(f"captured into {args.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _schemas_check(settings: Settings, args: argparse.Namespace) -> int:
+    problems = check_directory(RELEASED_DIR, SCHEMA_DIR)
+    for problem in problems:
+        print(f"incompatible: {problem}")
+    print("schemas: " + ("backward compatible with the last release" if not problems else
+                         f"{len(problems)} incompatible change(s)"))
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="erpsync", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -98,6 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     conn_sub.add_parser("apply", help="create or update every debezium/*.json connector (PUT, idempotent)"
                         ).set_defaults(func=_connectors_apply)
     conn_sub.add_parser("status", help="connector and task states").set_defaults(func=_connectors_status)
+
+    sub.add_parser("run", help="run the dataflows against Kafka (resumes from recovery snapshots)"
+                   ).set_defaults(func=_run)
+    rp = sub.add_parser("replay", help="run the whole pipeline over a kcat -J dump, no services needed")
+    rp.add_argument("--input", type=Path, required=True, help="kcat -C -J output, one record a line")
+    rp.add_argument("--output", type=Path, required=True, help="JSON lines {topic, key, value}")
+    rp.add_argument("--workers", type=int, default=1)
+    rp.set_defaults(func=_replay)
+    cf = sub.add_parser("capture-fixtures", help="script ERP/WMS changes on the local stack, dump the envelopes")
+    cf.add_argument("--output", type=Path, default=Path("tests/fixtures/debezium"))
+    cf.set_defaults(func=_capture_fixtures)
+    sc = sub.add_parser("schemas", help="the Avro contract")
+    sc_sub = sc.add_subparsers(dest="action", required=True)
+    sc_sub.add_parser("check", help="fail when a schema is not backward compatible with the last release"
+                      ).set_defaults(func=_schemas_check)
     return parser
 
 

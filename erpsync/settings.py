@@ -77,6 +77,18 @@ class StackSettings(BaseModel):
     start_timeout_s: float = 120.0
 
 
+class FlowSettings(BaseModel):
+    """How `erpsync run` executes the dataflows."""
+
+    model_config = _FROZEN
+    workers: int = 1
+    # Bytewax snapshots state and input offsets at this interval; a crash replays at most this
+    # much input (sinks are fenced, so the replay is harmless).
+    snapshot_interval_s: float = 5.0
+    # Default: <stack home>/recovery.
+    recovery_dir: Path | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ERPSYNC_", env_nested_delimiter="__", frozen=True, extra="ignore"
@@ -89,6 +101,11 @@ class Settings(BaseSettings):
     wms: WmsDatabaseSettings = WmsDatabaseSettings()
     redis: RedisSettings = RedisSettings()
     stack: StackSettings = StackSettings()
+    flows: FlowSettings = FlowSettings()
+
+    @property
+    def recovery_dir(self) -> Path:
+        return self.flows.recovery_dir or self.stack.home / "recovery"
 
 
 def load_settings() -> Settings:

@@ -1,0 +1,150 @@
+"""Files: kcat JSON dumps in, replay output (JSON lines) out (spec section 10).
+
+Input lines are what ``kcat -C -J`` writes: {"topic", "partition", "offset", "key", "payload"}.
+Output lines are {"topic", "key", "value"} with the value Avro-encoded and decoded again, so the
+replay goes through exactly the serde the live pipeline uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from datetime import date, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from erpsync.records import DLQ_TOPIC, DeadLetter, Emit, Ignored, Outcome, RawRecord
+from erpsync.schemas.registry import SchemaRegistry
+
+_BATCH = 2000
+
+
+def parse_dump_line(line: bytes, line_no: int, path: str) -> RawRecord | DeadLetter:
+    """One kcat -J line -> the Kafka record it describes (or a DLQ record saying why not)."""
+    try:
+        doc = json.loads(line)
+        key, payload = doc.get("key"), doc.get("payload")
+        return RawRecord(
+            str(doc["topic"]), int(doc.get("partition", 0)), int(doc["offset"]),
+            None if key is None else key.encode(),
+            None if payload is None else payload.encode(),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raw = RawRecord(f"replay:{path}", 0, line_no, None, line.rstrip(b"\n"))
+        return DeadLetter(raw, f"malformed dump line {line_no}: {exc!r}", "replay-input")
+
+
+class _DumpPartition(StatefulSourcePartition[RawRecord | DeadLetter, int]):
+    def __init__(self, path: Path, resume: int | None) -> None:
+        self.path = str(path)
+        self.fh: IO[bytes] = path.open("rb")
+        self.line_no = 0
+        for _ in range(resume or 0):  # resume after the lines already read
+            self.fh.readline()
+            self.line_no += 1
+
+    def next_batch(self) -> list[RawRecord | DeadLetter]:
+        lines = [line for line in (self.fh.readline() for _ in range(_BATCH)) if line]
+        if not lines:
+            raise StopIteration
+        out = []
+        for line in lines:
+            self.line_no += 1
+            if line.strip():
+                out.append(parse_dump_line(line, self.line_no, self.path))
+        return out
+
+    def snapshot(self) -> int:
+        return self.line_no
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class DumpSource(FixedPartitionedSource[RawRecord | DeadLetter, int]):
+    """A kcat JSON dump, read in order (one partition: the dump is one ordered file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def list_parts(self) -> list[str]:
+        return ["dump"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DumpPartition:
+        return _DumpPartition(self.path, resume_state)
+
+
+def to_json(value: Any) -> Any:
+    """JSON for decoded Avro values (logical types come back as datetime/date/bytes)."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def replay_line(outcome: Emit | DeadLetter, registry: SchemaRegistry) -> str:
+    """The spec's replay output line for a produced record."""
+    if isinstance(outcome, Emit):
+        _, decoded = registry.decode(registry.encode(outcome.schema, outcome.value))
+        doc: dict[str, Any] = {"topic": outcome.topic, "key": outcome.key, "value": decoded}
+    else:
+        raw = outcome.raw
+        doc = {
+            "topic": DLQ_TOPIC,
+            "key": None if raw.key is None else raw.key.decode("utf-8", "replace"),
+            "value": None if raw.value is None else raw.value.decode("utf-8", "replace"),
+            "headers": {"reason": outcome.reason, "step": outcome.step, "topic": raw.topic,
+                        "partition": str(raw.partition), "offset": str(raw.offset)},
+        }
+    return json.dumps(doc, default=to_json, separators=(",", ":"))
+
+
+class _ReplayPartition(StatefulSinkPartition[Outcome, None]):
+    def __init__(self, sink: ReplaySink) -> None:
+        self.sink = sink
+        self.fh = sink.path.open("w")
+
+    def write_batch(self, values: list[Outcome]) -> None:
+        lines = []
+        counts = self.sink.counts
+        for outcome in values:
+            if isinstance(outcome, Ignored):
+                counts[f"ignored:{outcome.reason}"] += 1
+                continue
+            counts[outcome.topic if isinstance(outcome, Emit) else DLQ_TOPIC] += 1
+            lines.append(replay_line(outcome, self.sink.registry))
+        if lines:
+            self.fh.write("\n".join(lines) + "\n")
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class ReplaySink(FixedPartitionedSink[Outcome, None]):
+    """Every record the pipeline would produce, one JSON line each, in one file.
+
+    One partition, so all workers' output meets in one writer; per-key order is kept because a
+    key's records all come from the same upstream worker. Ignored records are counted, not written.
+    """
+
+    def __init__(self, path: Path, registry: SchemaRegistry) -> None:
+        self.path = path
+        self.registry = registry
+        self.counts: Counter[str] = Counter()
+
+    def list_parts(self) -> list[str]:
+        return ["out"]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ReplayPartition:
+        return _ReplayPartition(self)

@@ -1,0 +1,134 @@
+"""Kafka: raw change topics in; canonical/derived topics and the DLQ out.
+
+Production is at-least-once: bytewax recovery resumes each partition from its snapshotted offset,
+so records after the last snapshot are delivered again, and every consumer of our topics is
+fenced by source position (or idempotent by key).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSourceMessage
+from bytewax.connectors.kafka import operators as kop
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from erpsync.records import DLQ_TOPIC, DeadLetter, Emit, RawRecord
+from erpsync.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Serializer = Callable[[str, str, dict[str, Any]], bytes]
+
+
+def raw_input(
+    flow: Dataflow, step_id: str, settings: Settings, topics: list[str]
+) -> tuple[Stream[RawRecord], Stream[DeadLetter]]:
+    """Read topics from the beginning (or the recovered offsets); consumer errors become DLQ records."""
+    out = kop.input(step_id, flow, brokers=[settings.kafka.bootstrap_servers], topics=topics, tail=True,
+                    batch_size=2000)
+    oks = op.map(f"{step_id}_raw", out.oks, _to_raw)
+    errs = op.map(f"{step_id}_errors", out.errs, _error_to_dead_letter)
+    return oks, errs
+
+
+def _to_raw(msg: KafkaSourceMessage[bytes | None, bytes | None]) -> RawRecord:
+    return RawRecord(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key, msg.value)
+
+
+def _error_to_dead_letter(err: KafkaError[bytes | None, bytes | None]) -> DeadLetter:
+    return DeadLetter(_to_raw(err.msg), f"kafka consumer error: {err.err}", "kafka-input")
+
+
+class TopicSink(DynamicSink[KafkaSinkMessage[bytes | None, bytes | None]]):
+    """Produces to the topic named in each message; raises if any delivery fails.
+
+    Unlike a fire-and-forget producer, a failed delivery stops the dataflow before the next
+    snapshot, so the records are read again on restart instead of being lost.
+    """
+
+    def __init__(self, settings: Settings, extra: dict[str, Any] | None = None) -> None:
+        self.config = {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "compression.type": "lz4",
+        } | (extra or {})
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _TopicSinkPartition:
+        return _TopicSinkPartition(Producer(self.config))
+
+
+class _TopicSinkPartition(StatelessSinkPartition[KafkaSinkMessage[bytes | None, bytes | None]]):
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self.failures: list[str] = []
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failures.append(f"{msg.topic()}: {err}")
+
+    def write_batch(self, items: list[KafkaSinkMessage[bytes | None, bytes | None]]) -> None:
+        for m in items:
+            while True:
+                try:
+                    self.producer.produce(m.topic, value=m.value, key=m.key, headers=m.headers,
+                                          on_delivery=self._on_delivery)
+                    break
+                except BufferError:
+                    self.producer.poll(0.1)  # local queue full: let deliveries drain
+        self.producer.flush()
+        if self.failures:
+            failures, self.failures = self.failures, []
+            raise KafkaException(f"{len(failures)} deliveries failed, first: {failures[0]}")
+
+    def close(self) -> None:
+        self.producer.flush()
+
+
+def emit_output(step_id: str, up: Stream[Emit], settings: Settings, serialize: Serializer) -> None:
+    """Avro-encode and publish records, keyed by their business key."""
+
+    def to_message(e: Emit) -> KafkaSinkMessage[bytes | None, bytes | None]:
+        return KafkaSinkMessage(e.key.encode(), serialize(e.topic, e.schema, e.value), topic=e.topic)
+
+    op.output(step_id, op.map(f"{step_id}_encode", up, to_message), TopicSink(settings))
+
+
+def dlq_output(step_id: str, up: Stream[DeadLetter], settings: Settings) -> None:
+    """The original bytes, key and coordinates, with the reason in headers (spec section 3)."""
+
+    def to_message(d: DeadLetter) -> KafkaSinkMessage[bytes | None, bytes | None]:
+        headers = [
+            ("reason", d.reason.encode()),
+            ("step", d.step.encode()),
+            ("topic", d.raw.topic.encode()),
+            ("partition", str(d.raw.partition).encode()),
+            ("offset", str(d.raw.offset).encode()),
+        ]
+        return KafkaSinkMessage(d.raw.key, d.raw.value, topic=DLQ_TOPIC, headers=headers)
+
+    op.output(step_id, op.map(f"{step_id}_frame", up, to_message), TopicSink(settings))
+
+
+def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, str] | None = None) -> None:
+    """Create the topics that do not exist yet (single node: replication factor 1 locally)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    existing = set(admin.list_topics(timeout=10).topics)
+    new = [NewTopic(t, num_partitions=1, replication_factor=-1, config=config or {})
+           for t in sorted(set(topics) - existing)]
+    if not new:
+        return
+    for topic, future in admin.create_topics(new).items():
+        try:
+            future.result()
+            log.info("created topic %s", topic)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise

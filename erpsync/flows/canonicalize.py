@@ -1,0 +1,57 @@
+"""Raw Debezium topics -> canonical.<entity> topics (Avro), sync.exceptions and sync.dlq.
+
+Records are keyed by their raw topic partition (Debezium partitions by row key, so one row's
+versions never span partitions) and handed to the pure ``Canonicalizer`` a batch at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+from bytewax.operators import StatefulBatchLogic
+
+from erpsync.flows.common import Outcomes, split
+from erpsync.records import Outcome, RawRecord
+from erpsync.schemas.mapping import load_mappings
+from erpsync.schemas.registry import SchemaRegistry
+from erpsync.state.changes import Canonicalizer, ChangeLog, EntityInfo
+
+
+def make_canonicalizer(registry: SchemaRegistry) -> Canonicalizer:
+    """The canonicalizer for the mappings on disk, checked against the Avro contract."""
+    entities = registry.entities()
+    mappings = load_mappings(
+        {name: e.key for name, e in entities.items()},
+        entity_fields={name: frozenset(e.fields) for name, e in entities.items()},
+    )
+    return Canonicalizer(
+        mappings, {name: EntityInfo(e.name, e.owner, e.topic) for name, e in entities.items()}
+    )
+
+
+class _Logic(StatefulBatchLogic[RawRecord, Outcome, ChangeLog]):
+    def __init__(self, canonicalizer: Canonicalizer, resume: ChangeLog | None) -> None:
+        self.canonicalizer = canonicalizer
+        self.log: ChangeLog = {} if resume is None else resume
+
+    def on_batch(self, values: list[RawRecord]) -> tuple[Iterable[Outcome], bool]:
+        out: list[Outcome] = []
+        apply = self.canonicalizer.apply
+        for raw in values:
+            self.log, outcomes = apply(self.log, raw)
+            out.extend(outcomes)
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> ChangeLog:
+        return self.log
+
+
+def canonicalize(raw: Stream[RawRecord], canonicalizer: Canonicalizer) -> Outcomes:
+    """The canonicalize dataflow on a stream of raw records."""
+    keyed = op.key_on("canonicalize_by_partition", raw, lambda r: f"{r.topic}#{r.partition}")
+    outcomes = op.stateful_batch(
+        "canonicalize", keyed, lambda resume: _Logic(canonicalizer, resume)
+    )
+    return split("canonicalize", op.key_rm("canonicalize_unkey", outcomes))

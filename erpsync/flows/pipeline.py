@@ -1,0 +1,44 @@
+"""The whole pipeline as one dataflow, with sources and sinks injected.
+
+``erpsync run`` wires Kafka in and Kafka out; ``erpsync replay`` wires a kcat dump in and a file
+out. The dataflow code between them is the same, which is what makes a replay a faithful
+reproduction of production.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+
+from erpsync.flows.canonicalize import canonicalize, make_canonicalizer
+from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
+from erpsync.schemas.registry import SchemaRegistry
+
+
+@dataclass(frozen=True)
+class Sources:
+    """raw(flow) adds the input steps and returns (raw records, records the input could not read)."""
+
+    raw: Callable[[Dataflow], tuple[Stream[RawRecord], Stream[DeadLetter]]]
+
+
+@dataclass(frozen=True)
+class Sinks:
+    """Each takes (step id, stream) and adds the output steps."""
+
+    emits: Callable[[str, Stream[Emit]], None]
+    dead_letters: Callable[[str, Stream[DeadLetter]], None]
+    ignored: Callable[[str, Stream[Ignored]], None]
+
+
+def build_flow(registry: SchemaRegistry, *, sources: Sources, sinks: Sinks) -> Dataflow:
+    flow = Dataflow("erpsync")
+    raw, unreadable = sources.raw(flow)
+    canon = canonicalize(raw, make_canonicalizer(registry))
+    sinks.emits("out_emits", canon.emits)
+    sinks.dead_letters("out_dead_letters", op.merge("dead_letters", unreadable, canon.dead_letters))
+    sinks.ignored("out_ignored", canon.ignored)
+    return flow

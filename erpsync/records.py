@@ -1,0 +1,52 @@
+"""The few record types that flow between steps, shared by every dataflow and connector."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One Kafka record as read: from a topic (live) or from a kcat JSON dump (replay)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """A record to publish: `value` is shaped by the Avro schema `schema` (full name)."""
+
+    topic: str
+    key: str
+    schema: str
+    value: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An input that could not be processed, kept byte for byte with the reason (goes to sync.dlq)."""
+
+    raw: RawRecord
+    reason: str
+    step: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """An input deliberately not turned into output; counted by reason so nothing vanishes unseen."""
+
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+
+
+Outcome = Emit | DeadLetter | Ignored
+
+DLQ_TOPIC = "sync.dlq"
+EXCEPTIONS_TOPIC = "sync.exceptions"

@@ -1,0 +1,1 @@
+"""The Avro contract (``avro/*.avsc``), its last released versions (``released/``), and its serde."""

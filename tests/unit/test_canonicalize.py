@@ -1,0 +1,217 @@
+"""Canonicalization over real Debezium envelopes captured from the reference ERP and WMS."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
+from erpsync.schemas.registry import SchemaRegistry
+from erpsync.state.changes import TOAST_PLACEHOLDER, Canonicalizer, source_position
+from tests.conftest import envelope
+
+
+def run(canonicalizer: Canonicalizer, records: list[RawRecord]) -> list[Any]:
+    logs: dict[str, Any] = {}
+    out: list[Any] = []
+    for raw in records:
+        part = f"{raw.topic}#{raw.partition}"
+        logs[part], outcomes = canonicalizer.apply(logs.get(part), raw)
+        out.extend(outcomes)
+    return out
+
+
+def with_value(raw: RawRecord, doc: Any) -> RawRecord:
+    return dataclasses.replace(raw, value=json.dumps(doc).encode() if not isinstance(doc, bytes) else doc)
+
+
+def first(records: list[RawRecord], topic: str, op: str) -> RawRecord:
+    return next(r for r in records if r.topic == topic and r.value and envelope(r)["op"] == op)
+
+
+def test_every_mapped_table_and_op_is_captured(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    seen = {(r.topic, envelope(r)["op"] if r.value else "tombstone") for r in captured
+            if not r.topic.startswith("__")}
+    for topic in canonicalizer.mappings.topics:
+        assert (topic, "c") in seen, topic
+    for op in ("u", "d", "tombstone", "r"):
+        assert any(o == op for _, o in seen), op
+
+
+def test_captured_records_all_land(captured: list[RawRecord], canonicalizer: Canonicalizer,
+                                   registry: SchemaRegistry) -> None:
+    out = run(canonicalizer, captured)
+    dead = [o for o in out if isinstance(o, DeadLetter)]
+    assert dead == []
+    ignored = sorted(o.reason for o in out if isinstance(o, Ignored))
+    assert set(ignored) == {"heartbeat", "tombstone"}
+    emits = [o for o in out if isinstance(o, Emit)]
+    assert len(emits) + len(ignored) == len(captured)
+    for e in emits:  # every value fits its Avro schema
+        name, decoded = registry.decode(registry.encode(e.schema, e.value))
+        assert name == e.schema and decoded["event_id"] == e.value["event_id"]
+
+
+def test_update_decimals_and_timestamps(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    update = first(captured, "erp.erp.customers", "u")
+    [emit] = run(canonicalizer, [first(captured, "erp.erp.customers", "c"), update])[1:]
+    assert emit.topic == "canonical.customer"
+    assert emit.value["op"] == "upsert"
+    assert emit.value["credit_limit"] == "7500.25"  # numeric(14,2) as an exact string
+    assert emit.value["credit_hold"] is True
+    assert emit.value["updated_at"] == 1795773600000000  # 2026-11-27T10:00:00Z in µs
+    assert emit.value["source"]["system"] == "erp" and emit.value["source"]["snapshot"] is False
+    assert emit.key == json.dumps([envelope(update)["after"]["customer_id"]])
+
+
+def test_mariadb_datetime_and_decimal(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    [emit] = run(canonicalizer, [first(captured, "wms.wms.shipments", "u")])
+    assert emit.value["freight_cost"] == "7.50"
+    assert emit.value["shipped_at"] == 1795854600000001  # DATETIME(6) 2026-11-28 08:30:00.000001
+    assert emit.value["status"] == "dispatched"
+
+
+def test_date_columns_become_days(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    [emit] = run(canonicalizer, [first(captured, "erp.erp.price_list_lines", "c")])
+    assert emit.value["valid_from"] == 20454  # 2026-01-01
+    assert emit.value["unit_price"] in ("12.5000", "3.9900")
+
+
+def test_delete_carries_only_the_key(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    delete = first(captured, "erp.erp.price_list_lines", "d")
+    [emit] = run(canonicalizer, [delete])
+    assert emit.value["op"] == "delete"
+    assert emit.value["unit_price"] is None  # PostgreSQL's before image has only the key: no made-up zero
+    assert emit.value["sku"] == envelope(delete)["before"]["sku"]
+
+
+def test_tombstone_is_counted_not_published(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    tomb = next(r for r in captured if r.value is None)
+    assert run(canonicalizer, [tomb]) == [Ignored("tombstone", tomb.topic, tomb.partition, tomb.offset)]
+
+
+def test_toast_placeholder_is_merged_with_the_last_value(captured: list[RawRecord],
+                                                        canonicalizer: Canonicalizer) -> None:
+    create, update = first(captured, "erp.erp.order_intake", "c"), first(captured, "erp.erp.order_intake", "u")
+    assert envelope(update)["after"]["payload"] == TOAST_PLACEHOLDER
+    out = run(canonicalizer, [create, update])
+    assert out[1].value["payload"] == envelope(create)["after"]["payload"]
+    assert out[1].value["status"] == "imported"
+    assert TOAST_PLACEHOLDER not in json.dumps([o.value for o in out])
+
+
+def test_toast_placeholder_without_history_goes_to_dlq(captured: list[RawRecord],
+                                                      canonicalizer: Canonicalizer) -> None:
+    [dead] = run(canonicalizer, [first(captured, "erp.erp.order_intake", "u")])
+    assert isinstance(dead, DeadLetter) and "TOAST" in dead.reason
+
+
+def test_duplicate_redelivery_changes_nothing(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    erp = [r for r in captured if r.topic.startswith("erp.")]
+    once = run(canonicalizer, erp)
+    twice = run(canonicalizer, erp + erp)  # a connector restart re-sends what it already sent
+    assert [o for o in twice if isinstance(o, Emit)] == [o for o in once if isinstance(o, Emit)]
+    assert sum(isinstance(o, Ignored) and o.reason == "duplicate_or_stale" for o in twice) == \
+        sum(isinstance(o, Emit) for o in once)
+
+
+def test_snapshot_read_is_an_upsert(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    [emit] = run(canonicalizer, [first(captured, "wms.wms.inventory_balances", "r")])
+    assert emit.value["op"] == "upsert" and emit.value["source"]["snapshot"] is True
+
+
+def test_stale_event_after_newer_one_is_ignored(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    balances = [r for r in captured if r.topic == "wms.wms.inventory_balances" and r.value]
+    newest_first = list(reversed(balances))
+    out = run(canonicalizer, newest_first)
+    assert any(isinstance(o, Ignored) and o.reason == "duplicate_or_stale" for o in out)
+
+
+@pytest.mark.parametrize(("column", "value", "reason"), [
+    ("on_hand", -5, "negative quantity"),
+    ("on_hand", "ten", "expected an integer"),
+    ("sku", None, "missing required value"),
+])
+def test_invalid_rows_go_to_dlq(captured: list[RawRecord], canonicalizer: Canonicalizer,
+                                column: str, value: Any, reason: str) -> None:
+    raw = first(captured, "wms.wms.inventory_balances", "c")
+    doc = envelope(raw)
+    doc["after"][column] = value
+    [dead] = run(canonicalizer, [with_value(raw, doc)])
+    assert isinstance(dead, DeadLetter) and reason in dead.reason and column in dead.reason
+    assert dead.raw.value == with_value(raw, doc).value  # original bytes kept
+
+
+def test_unknown_enum_and_precise_decimal(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    raw = first(captured, "erp.erp.items", "c")
+    doc = envelope(raw)
+    doc["after"]["status"] = "obsolete"
+    [dead] = run(canonicalizer, [with_value(raw, doc)])
+    assert isinstance(dead, DeadLetter) and "unknown value 'obsolete'" in dead.reason
+    raw = first(captured, "erp.erp.customers", "c")
+    doc = envelope(raw)
+    doc["after"]["credit_limit"] = "AeJA"  # what decimal.handling.mode=precise sends without a schema
+    [dead] = run(canonicalizer, [with_value(raw, doc)])
+    assert isinstance(dead, DeadLetter) and "base64" in dead.reason
+
+
+def test_numeric_decimals_are_accepted(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    raw = first(captured, "erp.erp.customers", "c")
+    doc = envelope(raw)
+    doc["after"]["credit_limit"] = 1234.5
+    [emit] = run(canonicalizer, [with_value(raw, doc)])
+    assert emit.value["credit_limit"] == "1234.50"
+
+
+def test_malformed_and_unmapped(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    raw = first(captured, "erp.erp.items", "c")
+    [bad] = run(canonicalizer, [with_value(raw, b"{not json")])
+    assert isinstance(bad, DeadLetter) and "malformed JSON" in bad.reason
+    [unmapped] = run(canonicalizer, [dataclasses.replace(raw, topic="erp.erp.new_table")])
+    assert isinstance(unmapped, DeadLetter) and "no mapping" in unmapped.reason
+    [ignored] = run(canonicalizer, [dataclasses.replace(raw, topic="erp.erpsync_cdc.debezium_signal")])
+    assert isinstance(ignored, Ignored) and ignored.reason == "ignored_table"
+
+
+def test_non_owner_change_is_a_sor_violation(captured: list[RawRecord], registry: SchemaRegistry) -> None:
+    from erpsync.flows.canonicalize import make_canonicalizer  # noqa: PLC0415
+
+    canon = make_canonicalizer(registry)
+    items = canon.mappings.by_topic["erp.erp.items"]
+    rogue = dataclasses.replace(items, system="wms")  # a WMS table mapped onto the ERP-owned item
+    canon.mappings.by_topic["wms.erp.items"] = rogue
+    raw = dataclasses.replace(first(captured, "erp.erp.items", "c"), topic="wms.erp.items")
+    [exc] = run(canon, [raw])
+    assert isinstance(exc, Emit) and exc.topic == "sync.exceptions"
+    assert exc.value["kind"] == "sor_violation" and exc.value["entity"] == "item"
+
+
+def test_truncate_deletes_every_known_row(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    creates = [r for r in captured if r.topic == "erp.erp.customers" and r.value]
+    last = creates[-1]
+    doc = envelope(last)
+    truncate = {"op": "t", "before": None, "after": None,
+                "source": {**doc["source"], "sequence": json.dumps(["99999999999", "99999999999"])}}
+    out = run(canonicalizer, [*creates, dataclasses.replace(last, value=json.dumps(truncate).encode(),
+                                                             offset=last.offset + 1)])
+    deletes = [o for o in out if isinstance(o, Emit) and o.value["op"] == "delete"]
+    assert len(deletes) == len({o.key for o in out if isinstance(o, Emit)})
+
+
+def test_positions_are_totally_ordered_per_source(captured: list[RawRecord]) -> None:
+    for system in ("erp", "wms"):
+        ordered = [r for r in captured if r.topic.startswith(f"{system}.") and r.value]
+        by_topic: dict[str, list[str]] = {}
+        for r in ordered:
+            pos = source_position(envelope(r)["source"])
+            assert pos is not None
+            by_topic.setdefault(r.topic, []).append(pos)
+        for topic, positions in by_topic.items():  # Kafka order within a partition = source order
+            assert positions == sorted(positions), topic
+    assert source_position({"connector": "postgresql", "sequence": '["10","9"]', "lsn": 9}) < \
+        source_position({"connector": "postgresql", "sequence": '["10","16"]', "lsn": 16})  # type: ignore[operator]
+    assert source_position({"connector": "mariadb", "file": "binlog.000009", "pos": 99999, "row": 0}) < \
+        source_position({"connector": "mariadb", "file": "binlog.000010", "pos": 4, "row": 0})  # type: ignore[operator]
