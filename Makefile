@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(BIN)/erpsync demo
 
 test: lint typecheck stack-up
+	$(BIN)/erpsync schemas check
 	$(BIN)/pytest
 
 lint: $(STAMP)

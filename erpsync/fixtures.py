@@ -114,13 +114,14 @@ def _dump(settings: Settings, topics: list[str], wanted: Any, quiet_s: float) ->
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            key = msg.key().decode() if msg.key() is not None else None
+            raw_key, raw_value = msg.key(), msg.value()
+            key = raw_key.decode() if raw_key is not None else None
             if not wanted(msg.topic(), key):
                 continue
             last_data = time.monotonic()
             yield {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
                    "tstype": "create", "ts": msg.timestamp()[1], "broker": 1, "key": key,
-                   "payload": msg.value().decode() if msg.value() is not None else None}
+                   "payload": raw_value.decode() if raw_value is not None else None}
     finally:
         consumer.close()
 

@@ -39,8 +39,8 @@ def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int
         streams.append(stream)
 
     flow = build_flow(registry, sources=Sources(raw), sinks=Sinks(collect, collect, collect))
-    merged = op.merge("replay_all", *streams)
-    op.output("replay_output", op.key_on("replay_one_writer", merged, lambda _: "out"), sink)
+    merged: Stream[object] = op.merge("replay_all", *streams)
+    op.output("replay_output", op.key_on("replay_one_writer", merged, lambda _: "out"), sink)  # type: ignore[misc]
     cli_main(flow, workers_per_process=workers)
     return sink.counts
 

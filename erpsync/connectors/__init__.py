@@ -1,2 +1,5 @@
-"""One module per external system, each with the same shape: inputs that build source steps into a
-dataflow and return streams of ``erpsync.records`` types, and outputs that take such streams."""
+"""One module per external system, each with the same shape.
+
+Inputs build source steps into a dataflow and return streams of ``erpsync.records`` types;
+outputs take such streams.
+"""

@@ -17,7 +17,7 @@ from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from erpsync.records import DLQ_TOPIC, DeadLetter, Emit, RawRecord
 from erpsync.settings import Settings
@@ -78,8 +78,8 @@ class _TopicSinkPartition(StatelessSinkPartition[KafkaSinkMessage[bytes | None, 
         for m in items:
             while True:
                 try:
-                    self.producer.produce(m.topic, value=m.value, key=m.key, headers=m.headers,
-                                          on_delivery=self._on_delivery)
+                    self.producer.produce(m.topic or "", value=m.value, key=m.key,
+                                          headers=list(m.headers), on_delivery=self._on_delivery)
                     break
                 except BufferError:
                     self.producer.poll(0.1)  # local queue full: let deliveries drain

@@ -33,7 +33,7 @@ def check_backward_compatible(old: dict[str, Any], new: dict[str, Any]) -> list[
 
     Both are self-contained schemas (named types defined before use). An empty list means compatible.
     """
-    return _Resolver(old, new).check(_Node(old, None), _Node(new, None), _label(new))
+    return _Resolver(old, new).check(_Node(old, None), _Node(new, None), _fullname(_Node(new, None)))
 
 
 def check_directory(current: Path, released: Path) -> list[str]:
@@ -137,8 +137,10 @@ class _Resolver:
     @staticmethod
     def _same_name(w: _Node, r: _Node) -> bool:
         # Avro compares unqualified names, or the reader's aliases with the writer's full name.
-        aliases = {_qualify(a, r.namespace) for a in r.schema.get("aliases", [])}
-        return _fullname(w).rpartition(".")[2] == _fullname(r).rpartition(".")[2] or _fullname(w) in aliases
+        writer, reader = _fullname(w), _fullname(r)
+        reader_ns = reader.rpartition(".")[0] or None
+        aliases = {_qualify(a, reader_ns) for a in r.schema.get("aliases", [])}
+        return writer.rpartition(".")[2] == reader.rpartition(".")[2] or writer in aliases
 
 
 def _named_types(
@@ -194,10 +196,12 @@ def _kind(schema: Any) -> str:
     return str(schema)
 
 
-def _logical(schema: Any) -> tuple[Any, ...] | None:
-    if isinstance(schema, dict) and "logicalType" in schema:
-        return (schema["logicalType"], schema.get("precision"), schema.get("scale"))
-    return None
+def _logical(schema: Any) -> str:
+    if not isinstance(schema, dict) or "logicalType" not in schema:
+        return "none"
+    if schema["logicalType"] == "decimal":
+        return f"decimal({schema.get('precision')},{schema.get('scale', 0)})"
+    return str(schema["logicalType"])
 
 
 def _label(schema: Any) -> str:

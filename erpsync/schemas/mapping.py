@@ -31,10 +31,21 @@ def _string(v: Any) -> str:
     raise BadValue(f"expected a string, got {type(v).__name__} {v!r}")
 
 
-def _integer(v: Any) -> int:
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v
-    raise BadValue(f"expected an integer, got {type(v).__name__} {v!r}")
+def _integer(bits: int) -> Callable[[Any], int]:
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def convert(v: Any) -> int:
+        if isinstance(v, int) and not isinstance(v, bool):
+            if low <= v <= high:
+                return v
+            raise BadValue(f"{v} does not fit a {bits}-bit integer")
+        raise BadValue(f"expected an integer, got {type(v).__name__} {v!r}")
+
+    return convert
+
+
+_INT: Callable[[Any], int] = _integer(32)
+_LONG: Callable[[Any], int] = _integer(64)
 
 
 def _bool(v: Any) -> bool:
@@ -59,7 +70,10 @@ def _decimal(scale: int) -> Converter:
             ) from None
         if not d.is_finite():
             raise BadValue(f"{v!r} is not a finite decimal")
-        q = d.quantize(quantum)
+        try:
+            q = d.quantize(quantum)
+        except InvalidOperation:
+            raise BadValue(f"{v!r} is out of range for a decimal with {scale} places") from None
         if q != d:
             raise BadValue(f"{v!r} has more than {scale} decimal places")
         return str(q)
@@ -69,7 +83,7 @@ def _decimal(scale: int) -> Converter:
 
 def _date(v: Any) -> int:
     if isinstance(v, int) and not isinstance(v, bool):
-        return v  # Debezium io.debezium.time.Date: days since the epoch
+        return _INT(v)  # Debezium io.debezium.time.Date: days since the epoch
     if isinstance(v, str):
         try:
             return (date.fromisoformat(v) - _EPOCH_DATE).days
@@ -94,7 +108,7 @@ def _timestamp(v: Any) -> int:
 def _epoch(multiplier: int) -> Converter:
     def convert(v: Any) -> int:
         if isinstance(v, int) and not isinstance(v, bool):
-            return v * multiplier
+            return _LONG(v * multiplier)
         raise BadValue(f"expected an epoch integer, got {type(v).__name__} {v!r}")
 
     return convert
@@ -108,8 +122,8 @@ def _json_text(v: Any) -> str:
 
 _SIMPLE: dict[str, Converter] = {
     "string": _string,
-    "int": _integer,
-    "long": _integer,
+    "int": _INT,
+    "long": _LONG,
     "bool": _bool,
     "date": _date,
     "timestamp": _timestamp,

@@ -46,9 +46,11 @@ def source_position(source: Mapping[str, Any]) -> str | None:
     connector = source.get("connector")
     try:
         if connector == "postgresql":
-            seq = json.loads(source["sequence"]) if source.get("sequence") else [None, None]
-            lsn = seq[1] if seq[1] is not None else source["lsn"]
-            return f"{int(seq[0] or 0):016x}/{int(lsn):016x}"
+            # sequence is '["<last commit lsn>","<event lsn>"]' (either may be null)
+            seq = source.get("sequence")
+            last, current = seq.strip("[]").replace('"', "").split(",") if seq else ("null", "null")
+            lsn = current if current != "null" else source["lsn"]
+            return f"{int(last) if last != 'null' else 0:016x}/{int(lsn):016x}"
         if connector in ("mariadb", "mysql"):
             fileno = int(str(source["file"]).rsplit(".", 1)[1])
             return f"{fileno:06d}/{int(source['pos']):012d}/{int(source.get('row') or 0):06d}"
