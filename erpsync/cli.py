@@ -102,12 +102,18 @@ def _capture_fixtures(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _schemas_check(settings: Settings, args: argparse.Namespace) -> int:
-    problems = check_directory(RELEASED_DIR, SCHEMA_DIR)
+    problems = check_directory(SCHEMA_DIR, RELEASED_DIR)
     for problem in problems:
         print(f"incompatible: {problem}")
     print("schemas: " + ("backward compatible with the last release" if not problems else
                          f"{len(problems)} incompatible change(s)"))
     return 1 if problems else 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from erpsync.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(settings, SchemaRegistry.load())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     cf = sub.add_parser("capture-fixtures", help="script ERP/WMS changes on the local stack, dump the envelopes")
     cf.add_argument("--output", type=Path, default=Path("tests/fixtures/debezium"))
     cf.set_defaults(func=_capture_fixtures)
+    sub.add_parser("demo", help="show the pipeline at work on the local stack (after `stack up`)"
+                   ).set_defaults(func=_demo)
     sc = sub.add_parser("schemas", help="the Avro contract")
     sc_sub = sc.add_subparsers(dest="action", required=True)
     sc_sub.add_parser("check", help="fail when a schema is not backward compatible with the last release"

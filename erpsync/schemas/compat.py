@@ -62,6 +62,8 @@ class _Node:
 
 
 class _Resolver:
+    """Walks a writer (old) and a reader (new) schema side by side, collecting what cannot resolve."""
+
     def __init__(self, writer: dict[str, Any], reader: dict[str, Any]) -> None:
         self._writer_names = _named_types(writer)
         self._reader_names = _named_types(reader)

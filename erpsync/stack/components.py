@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import pwd
+import stat
 import subprocess
 import urllib.request
 import uuid
@@ -35,6 +37,8 @@ from erpsync.stack.process import (
     wait_until,
 )
 
+log = logging.getLogger(__name__)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEBEZIUM_DIR = REPO_ROOT / "debezium"
 REFERENCE_DIR = REPO_ROOT / "reference"
@@ -45,6 +49,22 @@ def _as_user(user: str, argv: list[str]) -> list[str]:
     if os.geteuid() == 0:
         return ["runuser", "-u", user, "--", *argv]
     return argv
+
+
+def _ensure_traversable(path: Path) -> None:
+    """Let service users (postgres, mysql) reach `path`: add search (x) permission where missing.
+
+    A project checked out under a private directory (mode 0700, as mktemp makes) would otherwise
+    lock the database servers out of their own data directories. Only traversal is granted, not
+    listing.
+    """
+    if os.geteuid() != 0:
+        return
+    for parent in reversed(path.resolve().parents):
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            log.warning("granting search permission on %s so database service users can reach %s", parent, path)
+            parent.chmod(mode | stat.S_IXOTH)
 
 
 def _chown(path: Path, user: str) -> None:
@@ -187,6 +207,7 @@ class Postgres(Component):
             return False
 
     def _initdb(self) -> None:
+        _ensure_traversable(self.home)
         if (self.data / "PG_VERSION").exists():
             return
         for path in (self.home, self.run_dir):
@@ -330,6 +351,7 @@ class MariaDB(Component):
         return result.returncode == 0
 
     def launch(self) -> None:
+        _ensure_traversable(self.home)
         if not (self.data / "mysql").is_dir():
             self.data.mkdir(parents=True, exist_ok=True)
             _chown(self.data, "mysql")

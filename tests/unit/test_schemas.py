@@ -68,6 +68,23 @@ def test_every_schema_parses_and_stands_alone(registry: SchemaRegistry) -> None:
         assert standalone["name"] == name
 
 
+def test_shared_types_are_defined_once_where_first_used(tmp_path: Path) -> None:
+    shutil.copy(SCHEMA_DIR / "common.avsc", tmp_path)
+    (tmp_path / "move.avsc").write_text(json.dumps({
+        "type": "record", "name": "Move", "namespace": "io.erpsync", "doc": "Uses Source twice.",
+        "fields": [
+            {"name": "source", "type": "io.erpsync.Source", "doc": "full name"},
+            {"name": "previous", "type": ["null", "Source"], "default": None, "doc": "same namespace"},
+        ],
+    }))
+    registry = SchemaRegistry.load(tmp_path)
+    schema = registry.schema("io.erpsync.Move")
+    assert schema.definition["fields"][0]["type"]["name"] == "Source"  # inlined at first use
+    assert schema.definition["fields"][1]["type"] == ["null", "Source"]  # then referenced
+    record = {"source": source("erp", "erp.items"), "previous": source("erp", "erp.items", 41)}
+    assert registry.decode(registry.encode("io.erpsync.Move", record)) == ("io.erpsync.Move", record)
+
+
 def test_every_field_and_type_is_documented() -> None:
     def walk(node: Any, where: str) -> list[str]:
         missing: list[str] = []

@@ -1,0 +1,17 @@
+"""`erpsync demo` runs unattended to the end and shows raw, canonical and dead-lettered records."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def test_demo_runs_to_the_end(settings) -> None:  # type: ignore[no-untyped-def]
+    result = subprocess.run([sys.executable, "-m", "erpsync", "demo"], capture_output=True, text=True,
+                            timeout=300, check=False, env={**os.environ, "COLUMNS": "160"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "demo complete" in out
+    assert "canonical.inventory-position" in out and "canonical.item" in out
+    assert "unknown value 'misplaced'" in out  # the invalid WMS row reached the DLQ with its reason
