@@ -46,15 +46,14 @@ def main() -> None:
         warm = erpsync(env, "stack", "up")
         os.environ.update({k: v for k, v in env.items() if k.startswith("ERPSYNC_")})
         settings = load_settings()
-        rows = stack.status(settings)
+        rss = {r["component"]: rss_mib(r["pid"]) for r in stack.status(settings)}
         erpsync(env, "stack", "down")
         restart = erpsync(env, "stack", "up")
         print(f"cold stack up (new data dir)   {cold:6.1f} s")
         print(f"warm stack up (already up)     {warm:6.1f} s")
         print(f"stack up after down (restart)  {restart:6.1f} s")
-        for row in rows:
-            rss = f"{rss_mib(row['pid']):6.0f} MiB" if row["pid"] else f"? ({row['state']})"
-            print(f"RSS {row['component']:<9}                {rss}")
+        for component, mib in rss.items():
+            print(f"RSS {component:<9}                  {mib:6.0f} MiB")
     finally:
         subprocess.run([sys.executable, "-m", "erpsync", "stack", "down"], env=env, check=False, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)

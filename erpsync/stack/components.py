@@ -123,7 +123,9 @@ class Component:
         self._wait_healthy()
 
     def _wait_healthy(self) -> None:
-        ok = wait_until(self.healthy, timeout_s=self.settings.stack.start_timeout_s, alive=self.running)
+        # Healthy *and ours*: a stray server answering on the port must not pass for this component.
+        ok = wait_until(lambda: self.running() and self.healthy(),
+                        timeout_s=self.settings.stack.start_timeout_s, alive=self.running)
         if not ok:
             state = "is running but not healthy" if self.running() else "exited"
             raise StackError(
