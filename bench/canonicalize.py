@@ -22,6 +22,7 @@ from bench.make_dump import generate
 from erpsync.connectors.files import DumpSource
 from erpsync.flows.canonicalize import canonicalize, make_canonicalizer
 from erpsync.records import RawRecord
+from erpsync.runner import tune_gc
 from erpsync.schemas.registry import SchemaRegistry
 
 
@@ -56,6 +57,7 @@ def flow_time(path: Path, workers: int) -> tuple[float, int]:
     raw = op.filter("readable", items, lambda x: isinstance(x, RawRecord))
     out = canonicalize(raw, make_canonicalizer(SchemaRegistry.load()))  # type: ignore[arg-type]
     op.output("count", op.merge("all", out.emits, out.dead_letters, out.ignored), counter)
+    tune_gc()  # as erpsync run and replay do
     start = time.perf_counter()
     cli_main(flow, workers_per_process=workers)
     return time.perf_counter() - start, counter.n

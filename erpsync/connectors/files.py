@@ -26,14 +26,14 @@ _BATCH = 2000
 def parse_dump_line(line: bytes, line_no: int, path: str) -> RawRecord | DeadLetter:
     """One kcat -J line -> the Kafka record it describes (or a DLQ record saying why not)."""
     try:
-        doc = json.loads(line)
+        doc = json.loads(line.decode())
         key, payload = doc.get("key"), doc.get("payload")
         return RawRecord(
             str(doc["topic"]), int(doc.get("partition", 0)), int(doc["offset"]),
             None if key is None else key.encode(),
             None if payload is None else payload.encode(),
         )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
         raw = RawRecord(f"replay:{path}", 0, line_no, None, line.rstrip(b"\n"))
         return DeadLetter(raw, f"malformed dump line {line_no}: {exc!r}", "replay-input")
 

@@ -7,12 +7,12 @@ is compiled once into a small converter, so the hot path is a loop over prepared
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 MAPPINGS_DIR = Path(__file__).with_name("mappings")
 _EPOCH_DATE = date(1970, 1, 1)
@@ -133,25 +133,33 @@ _SIMPLE: dict[str, Converter] = {
 }
 
 
-def _with_rules(conv: Converter, spec: Mapping[str, Any], name: str) -> Converter:
-    minimum = spec.get("min")
-    symbols = frozenset(spec["symbols"]) if "symbols" in spec else None
-    if minimum is None and symbols is None:
-        return conv
+def _with_rules(conv: Converter, spec: Mapping[str, Any]) -> Converter:
+    """Add the field's `min` or `symbols` rule to its type's converter (one closure per rule kind)."""
+    if "symbols" in spec:
+        symbols = frozenset(spec["symbols"])
 
-    def convert(v: Any) -> Any:
-        out = conv(v)
-        if minimum is not None and out < minimum:
-            raise BadValue(f"{out} is below the minimum {minimum} (negative quantity)")
-        if symbols is not None and out not in symbols:
-            raise BadValue(f"unknown value {out!r}; expected one of {sorted(symbols)}")
-        return out
+        def enum(v: Any) -> Any:
+            if isinstance(v, str) and v in symbols:
+                return v
+            raise BadValue(f"unknown value {v!r}; expected one of {sorted(symbols)}")
 
-    return convert
+        return enum
+    if "min" in spec:
+        minimum = spec["min"]
+
+        def at_least(v: Any) -> Any:
+            out = conv(v)
+            if out < minimum:
+                raise BadValue(f"{out} is below the minimum {minimum} (negative quantity)")
+            return out
+
+        return at_least
+    return conv
 
 
-@dataclass(frozen=True)
-class FieldRule:
+class FieldRule(NamedTuple):
+    """How one canonical field is read: a tuple, so the hot loop unpacks it in one step."""
+
     name: str
     column: str
     required: bool
@@ -186,19 +194,19 @@ class TableMapping:
         rules = self.fields if not skip else [f for f in self.fields if f.column not in skip]
         return self._convert(row, rules)
 
-    def _convert(self, row: Mapping[str, Any], rules: Any) -> dict[str, Any]:
+    def _convert(self, row: Mapping[str, Any], rules: Iterable[FieldRule]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for rule in rules:
-            v = row.get(rule.column)
+        for name, column, required, convert in rules:
+            v = row.get(column)
             if v is None:
-                if rule.required:
-                    raise BadValue(f"{rule.name}: missing required value")
-                out[rule.name] = None
+                if required:
+                    raise BadValue(f"{name}: missing required value")
+                out[name] = None
                 continue
             try:
-                out[rule.name] = rule.convert(v)
+                out[name] = convert(v)
             except BadValue as exc:
-                raise BadValue(f"{rule.name}: {exc}") from None
+                raise BadValue(f"{name}: {exc}") from None
         return out
 
 
@@ -210,6 +218,8 @@ def _compile(path: Path, doc: dict[str, Any], key: tuple[str, ...]) -> TableMapp
         if type_name.startswith("decimal:"):
             conv = _decimal(int(type_name.split(":", 1)[1]))
         elif type_name == "enum":
+            if not spec.get("symbols"):
+                raise ValueError(f"{path.name}: field {name}: enum without symbols")
             conv = _string
         elif type_name in _SIMPLE:
             conv = _SIMPLE[type_name]
@@ -219,7 +229,7 @@ def _compile(path: Path, doc: dict[str, Any], key: tuple[str, ...]) -> TableMapp
             name=name,
             column=spec.get("from", name),
             required=bool(spec.get("required", False)) or name in key,
-            convert=_with_rules(conv, spec, name),
+            convert=_with_rules(conv, spec),
         ))
     unknown_toast = set(doc.get("toastable", ())) - {r.column for r in rules}
     if unknown_toast:
