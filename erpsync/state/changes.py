@@ -32,7 +32,7 @@ def encode_key(values: list[Any]) -> str:
     return "[" + ",".join(_json_string(v) if isinstance(v, str) else str(v) for v in values) + "]"
 
 
-_json_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_json_string = json.encoder.encode_basestring
 
 
 # key (JSON array text) -> (position, deleted, retained toastable values or None)
