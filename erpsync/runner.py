@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from erpsync.connectors import kafka
+from erpsync.channels import Channel, load_channels
+from erpsync.connectors import kafka, ops_db
 from erpsync.connectors.files import DumpSource, ReplaySink
+from erpsync.connectors.kafka import Serializer
 from erpsync.connectors.metrics import IgnoredCounter
+from erpsync.connectors.ops_db import AvailabilitySink
+from erpsync.connectors.redis import AtsSink
 from erpsync.flows.canonicalize import make_canonicalizer
 from erpsync.flows.pipeline import Sinks, Sources, build_flow
-from erpsync.records import DLQ_TOPIC, EXCEPTIONS_TOPIC, DeadLetter, RawRecord
+from erpsync.records import DLQ_TOPIC, EXCEPTIONS_TOPIC, DeadLetter, Emit, RawRecord
 from erpsync.schemas.registry import SchemaRegistry, make_value_serializer
 from erpsync.settings import Settings
 from erpsync.state.changes import HEARTBEAT_PREFIX
@@ -36,7 +43,8 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int = 1) -> Counter[str]:
+def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int = 1,
+           channels: Sequence[Channel] | None = None) -> Counter[str]:
     """Run the production dataflow over a kcat dump; returns how many records went where."""
     sink = ReplaySink(target, registry)
     streams: list[Stream[object]] = []
@@ -49,7 +57,11 @@ def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int
     def collect(step_id: str, stream: Stream[object]) -> None:
         streams.append(stream)
 
-    flow = build_flow(registry, sources=Sources(raw), sinks=Sinks(collect, collect, collect))
+    def nowhere(step_id: str, stream: Stream[Emit]) -> None:
+        """Availability already reaches the file as records of availability.<channel>."""
+
+    flow = build_flow(registry, load_channels() if channels is None else channels, sources=Sources(raw),
+                      sinks=Sinks(collect, collect, collect, nowhere))
     merged: Stream[object] = op.merge("replay_all", *streams)
     op.output("replay_output", op.key_on("replay_one_writer", merged, lambda _: "out"), sink)  # type: ignore[misc]
     tune_gc()
@@ -57,8 +69,21 @@ def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int
     return sink.counts
 
 
+def channel_serializer(channels: Sequence[Channel], avro: Serializer) -> Serializer:
+    """Avro by default; plain JSON (same fields) for channels whose storefront team reads JSON."""
+    json_topics = {c.topic for c in channels if c.outputs.format == "json"}
+
+    def serialize(topic: str, schema: str, value: dict[str, Any]) -> bytes:
+        if topic in json_topics:
+            return json.dumps(value, separators=(",", ":")).encode()
+        return avro(topic, schema, value)
+
+    return serialize
+
+
 def run(settings: Settings, registry: SchemaRegistry) -> None:
     """The live pipeline, resuming from bytewax recovery snapshots; runs until interrupted."""
+    channels = load_channels()
     canonicalizer = make_canonicalizer(registry)
     raw_topics = canonicalizer.mappings.topics + sorted(canonicalizer.mappings.ignored_topics)
     heartbeats = [f"{HEARTBEAT_PREFIX}.{system}" for system in
@@ -67,17 +92,29 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     kafka.ensure_topics(settings, topics)
     kafka.ensure_topics(settings, [e.topic for e in registry.entities().values()])
     kafka.ensure_topics(settings, [DLQ_TOPIC, EXCEPTIONS_TOPIC])
-    serialize = make_value_serializer(registry, settings.kafka.schema_registry_url)
+    kafka.ensure_topics(settings, [c.topic for c in channels], {"cleanup.policy": "compact"})
+    ops_db.migrate(settings)
+    serialize = channel_serializer(channels, make_value_serializer(registry, settings.kafka.schema_registry_url))
+    kafka_off = {c.topic for c in channels if not c.outputs.kafka}
+    to_redis = {c.id for c in channels if c.outputs.redis}
 
     def raw(flow: Dataflow) -> tuple[Stream[RawRecord], Stream[DeadLetter]]:
         return kafka.raw_input(flow, "kafka_raw", settings, topics)
 
+    def stores(step_id: str, stream: Stream[Emit]) -> None:
+        redis_bound = op.filter(f"{step_id}_redis_channels", stream, lambda e: e.value["channel"] in to_redis)
+        op.output(f"{step_id}_redis", redis_bound, AtsSink(settings))
+        op.output(f"{step_id}_ops_db", stream, AvailabilitySink(settings))
+
     sinks = Sinks(
-        emits=lambda step_id, s: kafka.emit_output(step_id, s, settings, serialize),
+        emits=lambda step_id, s: kafka.emit_output(
+            step_id, op.filter(f"{step_id}_kafka_channels", s, lambda e: e.topic not in kafka_off), settings,
+            serialize),
         dead_letters=lambda step_id, s: kafka.dlq_output(step_id, s, settings),
         ignored=lambda step_id, s: op.output(step_id, s, IgnoredCounter()),
+        availability=stores,
     )
-    flow = build_flow(registry, sources=Sources(raw), sinks=sinks)
+    flow = build_flow(registry, channels, sources=Sources(raw), sinks=sinks)
     recovery = settings.recovery_dir
     if not recovery.exists():
         recovery.mkdir(parents=True)

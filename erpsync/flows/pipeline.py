@@ -7,15 +7,18 @@ reproduction of production.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
+from erpsync.channels import Channel
+from erpsync.flows.availability import availability
 from erpsync.flows.canonicalize import canonicalize, make_canonicalizer
 from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
 from erpsync.schemas.registry import SchemaRegistry
+from erpsync.state.ats import AVAILABILITY_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -29,16 +32,20 @@ class Sources:
 class Sinks:
     """Each takes (step id, stream) and adds the output steps."""
 
-    emits: Callable[[str, Stream[Emit]], None]
+    emits: Callable[[str, Stream[Emit]], None]  # every record for a Kafka topic
     dead_letters: Callable[[str, Stream[DeadLetter]], None]
     ignored: Callable[[str, Stream[Ignored]], None]
+    availability: Callable[[str, Stream[Emit]], None]  # Availability records, for the stores storefronts read
 
 
-def build_flow(registry: SchemaRegistry, *, sources: Sources, sinks: Sinks) -> Dataflow:
+def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources: Sources, sinks: Sinks) -> Dataflow:
     flow = Dataflow("erpsync")
     raw, unreadable = sources.raw(flow)
     canon = canonicalize(raw, make_canonicalizer(registry))
-    sinks.emits("out_emits", canon.emits)
+    derived = availability(canon.emits, None, channels)
+    sinks.emits("out_emits", op.merge("all_emits", canon.emits, derived))
+    sinks.availability("out_availability", op.filter(
+        "availability_only", derived, lambda e: e.schema == AVAILABILITY_SCHEMA))
     sinks.dead_letters("out_dead_letters", op.merge("dead_letters", unreadable, canon.dead_letters))
     sinks.ignored("out_ignored", canon.ignored)
     return flow

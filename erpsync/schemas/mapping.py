@@ -176,6 +176,9 @@ class TableMapping:
     key: tuple[str, ...]
     fields: tuple[FieldRule, ...]
     toastable: frozenset[str] = field(default_factory=frozenset)
+    # The source logs whole rows on delete (MariaDB/MySQL binlog_row_image=FULL, PostgreSQL REPLICA
+    # IDENTITY FULL): deletes then carry every field, e.g. the order an allocation belonged to.
+    full_before_image: bool = False
 
     @property
     def topic(self) -> str:
@@ -240,6 +243,7 @@ def _compile(path: Path, doc: dict[str, Any], key: tuple[str, ...]) -> TableMapp
     return TableMapping(
         system=doc["system"], table=doc["table"], entity=doc["entity"], key=key,
         fields=tuple(rules), toastable=frozenset(doc.get("toastable", ())),
+        full_before_image=bool(doc.get("full_before_image", False)),
     )
 
 

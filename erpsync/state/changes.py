@@ -120,7 +120,8 @@ class Canonicalizer:
         try:
             if op == "d":
                 before = envelope.get("before") or _key_row(raw)
-                fields = mapping.key_of(before)
+                fields = mapping.convert(before) if mapping.full_before_image and envelope.get("before") \
+                    else mapping.key_of(before)
             else:
                 after = envelope.get("after")
                 if not isinstance(after, dict):
@@ -189,8 +190,10 @@ class Canonicalizer:
             "op": "delete" if deleted else "upsert",
             "source": _source_block(raw, mapping, source, position),
         }
-        if deleted:
-            value.update((f.name, fields[f.name] if f.name in mapping.key else None) for f in mapping.fields)
+        if deleted:  # only the key, unless the source logs whole rows (full_before_image)
+            keep = mapping.full_before_image
+            value.update((f.name, fields.get(f.name) if keep or f.name in mapping.key else None)
+                         for f in mapping.fields)
         else:
             value.update(fields)
         return Emit(entity.topic, key, entity.schema, value)

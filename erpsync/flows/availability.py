@@ -1,0 +1,143 @@
+"""Canonical events (+ accepted intakes) -> Availability per SKU and channel, and exceptions.
+
+Three keyed steps (see ``erpsync.state.ats``): order lines by ERP order id, pending intakes under
+one key, and the per-SKU ledger, whose held (throttled) updates are released by a timer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+from bytewax.operators import StatefulBatchLogic
+
+from erpsync.channels import Channel
+from erpsync.records import Emit
+from erpsync.state.ats import (
+    ALLOCATION_TOPIC,
+    INVENTORY_TOPIC,
+    ITEM_TOPIC,
+    ORDER_INTAKE_TOPIC,
+    ORDER_LINE_TOPIC,
+    ORDER_TOPIC,
+    Commitment,
+    IntakeAccepted,
+    LedgerInput,
+    OrderLines,
+    Reservation,
+    Reservations,
+    SkuLedger,
+    SkuState,
+    Tick,
+    to_second,
+)
+
+_ORDER_FACTS = frozenset({ORDER_TOPIC, ORDER_LINE_TOPIC, ALLOCATION_TOPIC})
+_INTAKE_FACTS = frozenset({ORDER_TOPIC, ORDER_INTAKE_TOPIC})
+_SKU_FACTS = frozenset({INVENTORY_TOPIC, ITEM_TOPIC})
+
+
+class _LedgerLogic(StatefulBatchLogic[LedgerInput, Emit, SkuState]):
+    """Runs the pure ledger for one SKU and arms a wall-clock timer for held updates.
+
+    The throttle works in event time (source commit time); live, event time tracks the wall clock,
+    so a held update is released that many milliseconds of wall time later. At the end of input
+    (replay) everything held is released.
+    """
+
+    def __init__(self, ledger: SkuLedger, state: SkuState | None) -> None:
+        self.ledger = ledger
+        self.state = state or SkuState()
+        self.wake: datetime | None = None
+
+    def _arm(self) -> None:
+        due = self.ledger.due_ms(self.state)
+        self.wake = None if due is None else \
+            datetime.now(UTC) + timedelta(milliseconds=max(0, due - self.state.event_ms))
+
+    def on_batch(self, values: list[LedgerInput]) -> tuple[Iterable[Emit], bool]:
+        out: list[Emit] = []
+        if not self.state.sku:
+            self.state.sku = _sku(values[0])
+        for value in values:
+            self.state, emits = self.ledger.apply(self.state, self.state.sku, value)
+            out.extend(emits)
+        self._arm()
+        return out, StatefulBatchLogic.RETAIN
+
+    def _release(self) -> list[Emit]:
+        out: list[Emit] = []
+        while (due := self.ledger.due_ms(self.state)) is not None:
+            self.state, emits = self.ledger.flush(self.state, self.state.sku, due)
+            out.extend(emits)
+            if self.ledger.due_ms(self.state) == due:  # nothing more can be released
+                break
+        self._arm()
+        return out
+
+    def on_notify(self) -> tuple[Iterable[Emit], bool]:
+        return self._release(), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Emit], bool]:
+        return self._release(), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return self.wake
+
+    def snapshot(self) -> SkuState:
+        return self.state
+
+
+class _SecondTicker:
+    """Forwards a Tick when this worker first sees a new second of event time.
+
+    Its memory is not recovered: after a restart the first tick is sent again, which changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self.last = -1
+
+    def __call__(self, event: Emit) -> Tick | None:
+        second = to_second(event.value["source"]["commit_ts_ms"])
+        if second <= self.last:
+            return None
+        self.last = second
+        return Tick(second)
+
+
+def _order_id(event: Emit) -> str:
+    return str(event.value["order_id"])
+
+
+def _sku(item: LedgerInput) -> str:
+    if isinstance(item, Commitment | Reservation):
+        return item.sku
+    return str(item.value["sku"])
+
+
+def availability(canonical: Stream[Emit], accepted: Stream[IntakeAccepted] | None,
+                 channels: Sequence[Channel]) -> Stream[Emit]:
+    """Availability updates and exceptions, from canonical events and accepted channel orders."""
+    order_facts = op.filter("avail_order_facts", canonical, lambda e: e.topic in _ORDER_FACTS)
+    order_lines = OrderLines()
+    commitments = op.key_rm("avail_commitments", op.stateful_flat_map(
+        "avail_order_lines", op.key_on("avail_by_order", order_facts, _order_id), order_lines.apply))
+
+    intake_facts = op.filter("avail_intake_facts", canonical, lambda e: e.topic in _INTAKE_FACTS)
+    reservations = Reservations(channels)
+    ticks = op.filter_map("avail_ticks", canonical, _SecondTicker())
+    intake_in: Stream[IntakeAccepted | Emit | Tick] = op.merge(
+        "avail_intake_in", intake_facts, ticks, *([] if accepted is None else [accepted]))
+    reserved = op.key_rm("avail_reservations", op.stateful_flat_map(
+        "avail_pending_intakes", op.key_on("avail_one_key", intake_in, lambda _: "intake"), reservations.apply))
+    reserved_split = op.branch("avail_reservation_or_exception", reserved, lambda r: isinstance(r, Reservation))
+
+    sku_facts = op.filter("avail_sku_facts", canonical, lambda e: e.topic in _SKU_FACTS)
+    ledger_in = op.merge("avail_ledger_in", sku_facts, commitments, reserved_split.trues)
+    ledger = SkuLedger(channels)
+    published = op.stateful_batch(
+        "avail_ledger", op.key_on("avail_by_sku", ledger_in, _sku),
+        lambda resume: _LedgerLogic(ledger, resume))
+    return op.merge("avail_out", op.key_rm("avail_unkey", published), reserved_split.falses)

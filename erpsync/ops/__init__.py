@@ -1,0 +1,1 @@
+"""The operations database (PostgreSQL, schema ``sync``): migrations kept in the repo."""

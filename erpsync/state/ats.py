@@ -1,0 +1,401 @@
+"""Available-to-sell (spec sections 5 and 8) as three pure reducers, keyed the way the flow runs them.
+
+``OrderLines`` (keyed by ERP order id): header, lines and WMS allocations of one order -> for each
+line, what it still commits: ``max(0, qty - wms_allocated)`` while the line is open and the order
+is entered/released/on_hold/allocated, else 0. Emits a ``Commitment`` when that changes.
+
+``Reservations`` (one key: the pending intakes): channel orders accepted by intake governance and
+not yet in the ERP -> a ``Reservation`` per line, released when the ERP order appears, when the
+ERP marks the intake failed, or when the channel's TTL passes (then ``intake_unconfirmed``).
+
+``SkuLedger`` (keyed by SKU): stock per location, item master, commitments and reservations ->
+``Availability`` per channel, throttled by ``min_publish_interval_ms`` of event time; raises
+``oversold`` and ``unknown_sku``.
+
+Every input row is fenced by its source position, so duplicates, replays and redelivery change
+nothing. Time is event time (source commit timestamps), passed in; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from erpsync.channels import Channel
+from erpsync.records import EXCEPTIONS_TOPIC, Emit
+
+AVAILABILITY_SCHEMA = "io.erpsync.Availability"
+EXCEPTION_SCHEMA = "io.erpsync.SyncException"
+COMMITTING_ORDER_STATUSES = frozenset({"entered", "released", "on_hold", "allocated"})
+
+ORDER_TOPIC = "canonical.order"
+ORDER_LINE_TOPIC = "canonical.order-line"
+ALLOCATION_TOPIC = "canonical.allocation"
+ORDER_INTAKE_TOPIC = "canonical.order-intake"
+INVENTORY_TOPIC = "canonical.inventory-position"
+ITEM_TOPIC = "canonical.item"
+
+
+@dataclass(frozen=True, slots=True)
+class Commitment:
+    """What one ERP order line commits of a SKU, as of `version` of that order's state."""
+
+    sku: str
+    line: str  # "<order_id>/<line_no>"
+    qty: int
+    version: int
+    system: str
+    position: str
+    event_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one accepted-but-not-yet-imported channel order line reserves of a SKU."""
+
+    sku: str
+    intake: str  # "<channel>/<external_order_id>/<line_no>"
+    qty: int
+    version: int
+    system: str
+    position: str
+    event_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeAccepted:
+    """An order accepted by intake governance (an io.erpsync.AcceptedOrder value) at a commerce.orders position."""
+
+    order: dict[str, Any]
+    position: str
+    event_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Event time has reached `event_ms` (whole seconds) somewhere in the sources: TTLs may expire."""
+
+    event_ms: int
+
+
+def to_second(event_ms: int) -> int:
+    """Intake TTLs run on event time at one-second resolution (see Reservations)."""
+    return event_ms - event_ms % 1000
+
+
+def exception(kind: str, severity: str, entity: str, key: str, reason: str, detail: dict[str, Any],
+              event_ms: int) -> Emit:
+    """A SyncException record; its id is deterministic so repeated occurrences update one exception."""
+    exc_id = hashlib.blake2b(f"{kind}|{entity}|{key}".encode(), digest_size=16).hexdigest()
+    return Emit(EXCEPTIONS_TOPIC, exc_id, EXCEPTION_SCHEMA, {
+        "id": exc_id, "kind": kind, "severity": severity, "entity": entity, "business_key": key,
+        "reason": reason, "detail": json.dumps(detail, sort_keys=True), "source": None,
+        "first_seen_ms": event_ms, "last_seen_ms": event_ms, "occurrences": 1, "state": "open",
+    })
+
+
+def _source(event: Emit) -> tuple[str, str, int]:
+    src = event.value["source"]
+    return src["system"], src["position"], src["commit_ts_ms"]
+
+
+# ----------------------------------------------------------------------------- order lines
+
+
+@dataclass(slots=True)
+class OrderState:
+    """One ERP order as far as availability cares. Deleted rows stay as fences (status None)."""
+
+    header: tuple[str, str | None] | None = None  # (position, status)
+    lines: dict[int, tuple[str, str, int, str | None]] = field(default_factory=dict)  # pos, sku, qty, status
+    allocations: dict[int, tuple[str, int, int, str | None]] = field(default_factory=dict)  # pos, line, qty, status
+    emitted: dict[int, tuple[str, int]] = field(default_factory=dict)  # line -> (sku, qty) told to the ledger
+    version: int = 0
+
+
+class OrderLines:
+    """Reducer for canonical.order, canonical.order-line and canonical.allocation, keyed by order id."""
+
+    def apply(self, state: OrderState | None, event: Emit) -> tuple[OrderState, list[Commitment]]:
+        st = state or OrderState()
+        system, position, event_ms = _source(event)
+        v = event.value
+        deleted = v["op"] == "delete"
+        if event.topic == ORDER_TOPIC:
+            if st.header is not None and position <= st.header[0]:
+                return st, []
+            st.header = (position, None if deleted else v["status"])
+        elif event.topic == ORDER_LINE_TOPIC:
+            line_no = v["line_no"]
+            old = st.lines.get(line_no)
+            if old is not None and position <= old[0]:
+                return st, []
+            if deleted:
+                st.lines[line_no] = (position, old[1] if old else "", 0, None)
+            else:
+                st.lines[line_no] = (position, v["sku"], v["qty"], v["status"])
+        elif event.topic == ALLOCATION_TOPIC:
+            alloc_id = v["allocation_id"]
+            old_a = st.allocations.get(alloc_id)
+            if old_a is not None and position <= old_a[0]:
+                return st, []
+            if deleted:
+                st.allocations[alloc_id] = (position, old_a[1] if old_a else -1, 0, None)
+            else:
+                st.allocations[alloc_id] = (position, v["line_no"], v["qty"], v["status"])
+        else:
+            return st, []
+        return st, self._commitments(st, v["order_id"], system, position, event_ms)
+
+    def _commitments(self, st: OrderState, order_id: int, system: str, position: str,
+                     event_ms: int) -> list[Commitment]:
+        header_open = st.header is not None and st.header[1] in COMMITTING_ORDER_STATUSES
+        allocated: dict[int, int] = {}
+        for _, line_no, qty, status in st.allocations.values():
+            if status is not None and status != "cancelled":
+                allocated[line_no] = allocated.get(line_no, 0) + qty
+        out = []
+        for line_no, (_, sku, qty, status) in st.lines.items():
+            commits = max(0, qty - allocated.get(line_no, 0)) if header_open and status == "open" else 0
+            before = st.emitted.get(line_no)
+            if before == (sku, commits):
+                continue
+            if before is None and commits == 0:
+                st.emitted[line_no] = (sku, 0)
+                continue
+            st.version += 1
+            line_key = f"{order_id}/{line_no}"
+            if before is not None and before[0] != sku:  # the line moved to another SKU
+                out.append(Commitment(before[0], line_key, 0, st.version, system, position, event_ms))
+            out.append(Commitment(sku, line_key, commits, st.version, system, position, event_ms))
+            st.emitted[line_no] = (sku, commits)
+        return out
+
+
+# ----------------------------------------------------------------------------- reservations
+
+
+@dataclass(slots=True)
+class PendingIntakes:
+    """Accepted channel orders waiting for the ERP, and recently settled ones (to ignore late repeats)."""
+
+    pending: dict[str, tuple[int, list[tuple[int, str, int]]]] = field(default_factory=dict)  # accepted_ms, lines
+    settled: dict[str, int] = field(default_factory=dict)  # key -> event ms it was settled
+    now_ms: int = 0
+    version: int = 0
+
+
+class Reservations:
+    """Reducer for intake reservations.
+
+    One key holds every pending intake: they are few (orders on their way into the ERP), and one
+    place sees event time advance for all of their TTLs. Event time reaches it with its own inputs
+    and with ``Tick``s from every other source event, at one-second resolution, so that a quiet
+    intake stream still expires on time and 1 and 2 workers agree on "now".
+    """
+
+    def __init__(self, channels: Sequence[Channel]) -> None:
+        self.ttl_ms = {c.id: c.intake.intake_ttl_s * 1000 for c in channels}
+        self.keep_settled_ms = 2 * max(self.ttl_ms.values(), default=0)
+
+    def apply(self, state: PendingIntakes | None,
+              event: IntakeAccepted | Emit | Tick) -> tuple[PendingIntakes, list[Reservation | Emit]]:
+        st = state or PendingIntakes()
+        out: list[Reservation | Emit] = []
+        if isinstance(event, Tick):
+            st.now_ms = max(st.now_ms, to_second(event.event_ms))
+            # Releases it causes are fenced in the "clock" system: event seconds only move forward.
+            system, position = "clock", f"{st.now_ms:015d}"
+        elif isinstance(event, IntakeAccepted):
+            order = event.order
+            key = f"{order['channel']}/{order['external_order_id']}"
+            system, position, event_ms = "commerce", event.position, event.event_ms
+            st.now_ms = max(st.now_ms, to_second(event_ms))
+            if key not in st.pending and key not in st.settled:
+                lines = [(line["line_no"], line["sku"], line["qty"]) for line in order["lines"]]
+                st.pending[key] = (event_ms, lines)
+                out.extend(self._reserve(st, key, lines, True, system, position, event_ms))
+        else:
+            system, position, event_ms = _source(event)
+            st.now_ms = max(st.now_ms, to_second(event_ms))
+            v = event.value
+            settles = v["op"] == "upsert" and (
+                event.topic == ORDER_TOPIC or (event.topic == ORDER_INTAKE_TOPIC and v["status"] == "failed"))
+            if settles:
+                key = f"{v['channel']}/{v['external_order_id']}"
+                if key in st.pending:
+                    out.extend(self._release(st, key, system, position, event_ms))
+                st.settled.setdefault(key, event_ms)
+        out.extend(self._expire(st, system, position))
+        return st, out
+
+    def _reserve(self, st: PendingIntakes, key: str, lines: Iterable[tuple[int, str, int]], hold: bool,
+                 system: str, position: str, event_ms: int) -> list[Reservation | Emit]:
+        st.version += 1
+        return [Reservation(sku, f"{key}/{line_no}", qty if hold else 0, st.version, system, position, event_ms)
+                for line_no, sku, qty in lines]
+
+    def _release(self, st: PendingIntakes, key: str, system: str, position: str,
+                 event_ms: int) -> list[Reservation | Emit]:
+        _, lines = st.pending.pop(key)
+        st.settled[key] = event_ms
+        return self._reserve(st, key, lines, False, system, position, event_ms)
+
+    def _expire(self, st: PendingIntakes, system: str, position: str) -> list[Reservation | Emit]:
+        out: list[Reservation | Emit] = []
+        for key, (accepted_ms, _) in sorted(st.pending.items()):
+            channel = key.split("/", 1)[0]
+            ttl = self.ttl_ms.get(channel)
+            if ttl is not None and accepted_ms + ttl <= st.now_ms:
+                out.extend(self._release(st, key, system, position, st.now_ms))
+                out.append(exception(
+                    "intake_unconfirmed", "warning", "order_intake", key,
+                    f"accepted {st.now_ms - accepted_ms} ms ago, not in the ERP within the {ttl} ms TTL;"
+                    " its reservation is released", {"accepted_at_ms": accepted_ms}, st.now_ms))
+        cutoff = st.now_ms - self.keep_settled_ms
+        for key in [k for k, ms in st.settled.items() if ms < cutoff]:
+            del st.settled[key]
+        return out
+
+
+# ----------------------------------------------------------------------------- per-SKU ledger
+
+
+@dataclass(slots=True)
+class SkuState:
+    """All that one SKU's availability depends on, plus what each channel was last told."""
+
+    sku: str = ""
+    stock: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)  # loc -> pos, on_hand, alloc, transit
+    item: tuple[str, int, str] | None = None  # position, safety_stock, status ("absent" after a delete)
+    commitments: dict[str, tuple[int, int]] = field(default_factory=dict)  # line -> (version, qty)
+    reservations: dict[str, tuple[int, int]] = field(default_factory=dict)  # intake line -> (version, qty)
+    positions: dict[str, str] = field(default_factory=dict)  # system -> newest position reflected
+    event_ms: int = 0
+    # channel -> [published ats (-1: never), last publish ms, due ms (0: nothing pending), oversold 0/1]
+    views: dict[str, list[int]] = field(default_factory=dict)
+    unknown_reported: bool = False
+
+
+LedgerInput = Emit | Commitment | Reservation
+
+
+class SkuLedger:
+    """Reducer for one SKU: applies an input, then publishes what the throttle allows."""
+
+    def __init__(self, channels: Sequence[Channel]) -> None:
+        self.channels = tuple(channels)
+
+    def apply(self, state: SkuState | None, sku: str, event: LedgerInput) -> tuple[SkuState, list[Emit]]:
+        st = state or SkuState()
+        if not self._absorb(st, event):
+            return st, []
+        out = self._publish(st, sku, st.event_ms)
+        return st, out
+
+    def flush(self, state: SkuState, sku: str, now_ms: int) -> tuple[SkuState, list[Emit]]:
+        """Publish what is due by event time now_ms (a timer or the end of input)."""
+        return state, self._publish(state, sku, now_ms, flush=True)
+
+    def due_ms(self, state: SkuState) -> int | None:
+        """Event time at which a held update falls due, if any."""
+        dues = [view[2] for view in state.views.values() if view[2]]
+        return min(dues) if dues else None
+
+    def _absorb(self, st: SkuState, event: LedgerInput) -> bool:
+        """Apply one input to the state; False when it is stale or a duplicate."""
+        if isinstance(event, Commitment | Reservation):
+            book = st.commitments if isinstance(event, Commitment) else st.reservations
+            key = event.line if isinstance(event, Commitment) else event.intake
+            old = book.get(key)
+            if old is not None and event.version <= old[0]:
+                return False
+            book[key] = (event.version, event.qty)
+            system, position, event_ms = event.system, event.position, event.event_ms
+        else:
+            system, position, event_ms = _source(event)
+            v = event.value
+            deleted = v["op"] == "delete"
+            if event.topic == INVENTORY_TOPIC:
+                old_s = st.stock.get(v["location"])
+                if old_s is not None and position <= old_s[0]:
+                    return False
+                st.stock[v["location"]] = (position, 0, 0, 0) if deleted else (
+                    position, v["on_hand"], v["allocated"], v["in_transit"])
+            elif event.topic == ITEM_TOPIC:
+                if st.item is not None and position <= st.item[0]:
+                    return False
+                st.item = (position, 0, "absent") if deleted else (position, v["safety_stock"], v["status"])
+            else:
+                return False
+        if position > st.positions.get(system, ""):
+            st.positions[system] = position
+        st.event_ms = max(st.event_ms, event_ms)
+        return True
+
+    def compute(self, st: SkuState, channel: Channel) -> dict[str, int | str]:
+        """The channel's ATS and its explanation, straight from the spec's formula."""
+        on_hand = allocated = in_transit = free = 0
+        for location, (_, oh, al, tr) in st.stock.items():
+            if channel.sees(location):
+                on_hand, allocated, in_transit = on_hand + oh, allocated + al, in_transit + tr
+                free += max(0, oh - al) + (tr if channel.include_in_transit else 0)
+        committed = sum(q for _, q in st.commitments.values())
+        reserved = sum(q for _, q in st.reservations.values())
+        status = "unknown" if st.item is None or st.item[2] == "absent" else st.item[2]
+        safety = st.item[1] if status != "unknown" and st.item is not None else 0
+        network = free - safety - committed - reserved
+        share = channel.share_exact
+        ats = 0 if status != "active" else max(0, network * share.numerator // share.denominator)
+        return {"ats": ats, "on_hand": on_hand, "allocated": allocated, "in_transit": in_transit,
+                "committed_open": committed, "intake_reserved": reserved, "safety_stock": safety,
+                "network": network, "status": status}
+
+    def _publish(self, st: SkuState, sku: str, now_ms: int, flush: bool = False) -> list[Emit]:
+        out = self._unknown_sku(st, sku)
+        for channel in self.channels:
+            view = st.views.setdefault(channel.id, [-1, 0, 0, 0])
+            numbers = self.compute(st, channel)
+            out.extend(self._exceptions(st, sku, channel, view, numbers))
+            if numbers["ats"] == view[0]:
+                view[2] = 0  # back to the published value: nothing to send
+                continue
+            interval = channel.min_publish_interval_ms
+            if view[0] >= 0 and now_ms < view[1] + interval:
+                view[2] = view[1] + interval  # hold: the final value goes out when the interval ends
+                if not flush:
+                    continue
+                if now_ms < view[2]:
+                    continue
+            published_at = max(now_ms, view[2]) if view[2] else now_ms
+            view[0], view[1], view[2] = int(numbers["ats"]), published_at, 0
+            out.append(Emit(channel.topic, sku, AVAILABILITY_SCHEMA, {
+                "channel": channel.id, "sku": sku, **numbers, "positions": dict(st.positions),
+                "event_time_ms": st.event_ms, "published_at_ms": published_at}))
+        return out
+
+    def _exceptions(self, st: SkuState, sku: str, channel: Channel, view: list[int],
+                    numbers: dict[str, int | str]) -> list[Emit]:
+        out = []
+        # Sold more than there is: negative because of open orders or reservations, not because
+        # the safety stock alone exceeds the stock (that is an empty shelf, not an oversell).
+        promised = int(numbers["committed_open"]) + int(numbers["intake_reserved"])
+        oversold = int(numbers["network"]) < 0 and promised > 0 and numbers["status"] == "active"
+        if oversold and not view[3]:
+            out.append(exception("oversold", "error", "availability", f"{channel.id}/{sku}",
+                                 f"network availability {numbers['network']} is below zero",
+                                 {k: numbers[k] for k in sorted(numbers)}, st.event_ms))
+        view[3] = int(oversold)
+        return out
+
+    def _unknown_sku(self, st: SkuState, sku: str) -> list[Emit]:
+        unknown = (st.item is None or st.item[2] == "absent") and bool(st.stock or st.commitments or st.reservations)
+        reported, st.unknown_reported = st.unknown_reported, unknown
+        if not unknown or reported:
+            return []
+        return [exception("unknown_sku", "warning", "item", sku,
+                          "stock or orders exist for a SKU that is not in the item master",
+                          {"locations": sorted(st.stock)}, st.event_ms)]
