@@ -13,6 +13,7 @@ from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
+from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
@@ -122,9 +123,15 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     log.info("running the pipeline on %s, %d worker(s), recovery in %s", settings.kafka.bootstrap_servers,
              settings.flows.workers, recovery)
     tune_gc()
-    cli_main(
-        flow,
-        workers_per_process=settings.flows.workers,
-        epoch_interval=timedelta(seconds=settings.flows.snapshot_interval_s),
-        recovery_config=RecoveryConfig(recovery),
-    )
+    try:
+        cli_main(
+            flow,
+            workers_per_process=settings.flows.workers,
+            epoch_interval=timedelta(seconds=settings.flows.snapshot_interval_s),
+            recovery_config=RecoveryConfig(recovery),
+        )
+    except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
+        if not isinstance(exc, KeyboardInterrupt) and not isinstance(exc.__cause__, KeyboardInterrupt):
+            raise
+        # Interrupted: the next start resumes from the last snapshot (sinks are fenced).
+        log.info("pipeline stopped; it resumes from the last snapshot in %s", recovery)

@@ -6,14 +6,20 @@ A stack that is not up is a failure, never a skip.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pymysql
 import pytest
+import redis
 from confluent_kafka import Consumer, Message
 
 from erpsync import stack
@@ -52,6 +58,51 @@ def wms(settings: Settings) -> Iterator[pymysql.connections.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+class Pipeline:
+    """`erpsync run` as a child process, with its own recovery directory."""
+
+    def __init__(self, home: Path, **env: str) -> None:
+        self.home = home
+        self.env = dict(os.environ, ERPSYNC_FLOWS__RECOVERY_DIR=str(home / "recovery"), **env)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Pipeline:
+        log = (self.home / "run.log").open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "erpsync", "run"], env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        time.sleep(1.5)
+        assert self.proc.poll() is None, (self.home / "run.log").read_text()[-3000:]
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> Iterator[Pipeline]:
+    """One running pipeline for a test module (modules run one after another: never two at once)."""
+    p = Pipeline(tmp_path_factory.mktemp("run")).start()
+    yield p
+    p.stop()
+
+
+@pytest.fixture
+def store(settings: Settings) -> redis.Redis:
+    """The Redis storefronts read."""
+    return redis.Redis(host=settings.redis.host, port=settings.redis.port)
 
 
 def unique(prefix: str) -> str:

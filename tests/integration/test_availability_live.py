@@ -1,0 +1,75 @@
+"""Availability on the live stack: a WMS UPDATE reaches Redis and availability.<channel> with the
+value the spec formula gives."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer
+
+from erpsync.channels import load_channels
+from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
+from erpsync.settings import Settings
+
+from .conftest import Pipeline, unique
+from .truth import redis_values, truth
+
+
+def wait_for_truth(settings: Settings, store: redis.Redis, skus: list[str], timeout_s: float = 45) -> dict[Any, Any]:
+    expected = truth(settings, skus)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if redis_values(store, skus) == expected:
+            return expected
+        time.sleep(0.2)
+    assert redis_values(store, skus) == expected
+    return expected
+
+
+def latest_on_topics(settings: Settings, skus: set[str]) -> dict[tuple[str, str], int]:
+    deserialize = make_value_deserializer(SchemaRegistry.load(), None)
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": unique("avail"),
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    channels = load_channels()
+    consumer.subscribe([c.topic for c in channels])
+    latest: dict[tuple[str, str], int] = {}
+    eof: set[str] = set()
+    deadline = time.monotonic() + 30
+    while len(eof) < len(channels) and time.monotonic() < deadline:
+        msg = consumer.poll(0.5)
+        if msg is None:
+            continue
+        if msg.error():
+            eof.add(msg.topic() or "")
+            continue
+        sku = (msg.key() or b"").decode()
+        if sku in skus:
+            raw = msg.value() or b""
+            value = json.loads(raw) if raw[:1] == b"{" else deserialize(msg.topic() or "", raw)[1]
+            latest[(value["channel"], sku)] = value["ats"]
+    consumer.close()
+    return latest
+
+
+def seed(erp: Any, wms: Any, skus: list[str]) -> None:
+    for sku in skus:
+        erp.execute("INSERT INTO erp.items (sku, description, safety_stock) VALUES (%s, 'ats test', 2)", (sku,))
+    with wms.cursor() as cur:
+        for sku in skus:
+            cur.execute("INSERT INTO inventory_balances (sku, location, on_hand, allocated) VALUES "
+                        "(%s, 'DC-EAST', 50, 5), (%s, 'DC-WEST', 20, 0)", (sku, sku))
+
+
+def test_wms_update_reaches_redis_and_topics(pipeline: Pipeline, settings: Settings, erp, wms,  # type: ignore[no-untyped-def]
+                                             store: redis.Redis) -> None:
+    sku = unique("SKU-ATS")
+    seed(erp, wms, [sku])
+    with wms.cursor() as cur:
+        cur.execute("UPDATE inventory_balances SET on_hand = 40 WHERE sku = %s AND location = 'DC-EAST'", (sku,))
+    expected = wait_for_truth(settings, store, [sku])
+    # (40 - 5) + 20 - safety 2 = 53 everywhere; the marketplace sees DC-EAST only, 80%: floor(33 * 0.8) = 26
+    assert expected == {("b2b-portal", sku): 53, ("inside-sales", sku): 53, ("marketplace", sku): 26}
+    assert latest_on_topics(settings, {sku}) == expected
