@@ -11,10 +11,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from erpsync.records import Emit
 from erpsync.settings import Settings
+from erpsync.state.ats import POSITION_SYSTEMS
 
 log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "ops" / "migrations"
-FENCE_SYSTEMS = ("erp", "wms", "commerce", "clock")
+
 
 
 def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection[Any]:
@@ -69,7 +70,7 @@ WHERE a.pos_erp <= excluded.pos_erp AND a.pos_wms <= excluded.pos_wms
 
 def availability_row(value: dict[str, Any]) -> dict[str, Any]:
     row = {k: v for k, v in value.items() if k != "positions"}
-    row.update({f"pos_{system}": value["positions"].get(system, "") for system in FENCE_SYSTEMS})
+    row.update({f"pos_{system}": value["positions"].get(system, "") for system in POSITION_SYSTEMS})
     return row
 
 

@@ -15,8 +15,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from erpsync.records import Emit
 from erpsync.settings import Settings
-
-FENCE_SYSTEMS = ("erp", "wms", "commerce", "clock")
+from erpsync.state.ats import POSITION_SYSTEMS
 
 FENCED_HSET = """
 local old = redis.call('HGET', KEYS[2], ARGV[1])
@@ -41,7 +40,7 @@ return 1
 
 def fence(positions: dict[str, str]) -> str:
     """The fence string: positions of every system, in a fixed order ('' for none yet)."""
-    return "|".join(positions.get(system, "") for system in FENCE_SYSTEMS)
+    return "|".join(positions.get(system, "") for system in POSITION_SYSTEMS)
 
 
 def client(settings: Settings) -> redis.Redis:

@@ -28,6 +28,9 @@ from erpsync.channels import Channel
 from erpsync.records import EXCEPTIONS_TOPIC, Emit
 
 AVAILABILITY_SCHEMA = "io.erpsync.Availability"
+# Source systems whose positions an Availability reflects; the order of Redis/ops-db fences.
+POSITION_SYSTEMS = ("erp", "wms", "commerce", "clock")
+_SYSTEM_INDEX = {system: i for i, system in enumerate(POSITION_SYSTEMS)}
 EXCEPTION_SCHEMA = "io.erpsync.SyncException"
 COMMITTING_ORDER_STATUSES = frozenset({"entered", "released", "on_hold", "allocated"})
 
@@ -271,12 +274,15 @@ class SkuState:
     sku: str = ""
     stock: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)  # loc -> pos, on_hand, alloc, transit
     item: tuple[str, int, str] | None = None  # position, safety_stock, status ("absent" after a delete)
-    commitments: dict[str, tuple[int, int]] = field(default_factory=dict)  # line -> (version, qty)
-    reservations: dict[str, tuple[int, int]] = field(default_factory=dict)  # intake line -> (version, qty)
-    positions: dict[str, str] = field(default_factory=dict)  # system -> newest position reflected
+    # Memory matters here (a million SKUs): empty books are None, and small fixed-shape data is
+    # kept in flat lists rather than dicts of lists.
+    commitments: dict[str, tuple[int, int]] | None = None  # line -> (version, qty)
+    reservations: dict[str, tuple[int, int]] | None = None  # intake line -> (version, qty)
+    positions: list[str] = field(default_factory=lambda: [""] * len(POSITION_SYSTEMS))  # newest per system
     event_ms: int = 0
-    # channel -> [published ats (-1: never), last publish ms, due ms (0: nothing pending), oversold 0/1]
-    views: dict[str, list[int]] = field(default_factory=dict)
+    # per channel, in channel order, 4 slots: published ats (-1: never), last publish ms,
+    # due ms (0: nothing held), oversold (0/1)
+    views: list[int] = field(default_factory=list)
     unknown_reported: bool = False
 
 
@@ -288,6 +294,12 @@ class SkuLedger:
 
     def __init__(self, channels: Sequence[Channel]) -> None:
         self.channels = tuple(channels)
+        # Per channel, what the formula needs, precomputed: the hot path runs it for every event.
+        self._plans = [
+            (None if c.locations is None else frozenset(c.locations), c.include_in_transit,
+             c.share_exact.numerator, c.share_exact.denominator)
+            for c in self.channels
+        ]
 
     def apply(self, state: SkuState | None, sku: str, event: LedgerInput) -> tuple[SkuState, list[Emit]]:
         st = state or SkuState()
@@ -302,14 +314,18 @@ class SkuLedger:
 
     def due_ms(self, state: SkuState) -> int | None:
         """Event time at which a held update falls due, if any."""
-        dues = [view[2] for view in state.views.values() if view[2]]
+        dues = [due for due in state.views[2::4] if due]
         return min(dues) if dues else None
 
     def _absorb(self, st: SkuState, event: LedgerInput) -> bool:
         """Apply one input to the state; False when it is stale or a duplicate."""
         if isinstance(event, Commitment | Reservation):
-            book = st.commitments if isinstance(event, Commitment) else st.reservations
-            key = event.line if isinstance(event, Commitment) else event.intake
+            if isinstance(event, Commitment):
+                book = st.commitments = st.commitments or {}
+                key = event.line
+            else:
+                book = st.reservations = st.reservations or {}
+                key = event.intake
             old = book.get(key)
             if old is not None and event.version <= old[0]:
                 return False
@@ -331,64 +347,69 @@ class SkuLedger:
                 st.item = (position, 0, "absent") if deleted else (position, v["safety_stock"], v["status"])
             else:
                 return False
-        if position > st.positions.get(system, ""):
-            st.positions[system] = position
+        index = _SYSTEM_INDEX[system]
+        if position > st.positions[index]:
+            st.positions[index] = position
         st.event_ms = max(st.event_ms, event_ms)
         return True
 
-    def compute(self, st: SkuState, channel: Channel) -> dict[str, int | str]:
-        """The channel's ATS and its explanation, straight from the spec's formula."""
-        on_hand = allocated = in_transit = free = 0
-        for location, (_, oh, al, tr) in st.stock.items():
-            if channel.sees(location):
-                on_hand, allocated, in_transit = on_hand + oh, allocated + al, in_transit + tr
-                free += max(0, oh - al) + (tr if channel.include_in_transit else 0)
-        committed = sum(q for _, q in st.commitments.values())
-        reserved = sum(q for _, q in st.reservations.values())
+    def compute(self, st: SkuState) -> list[dict[str, Any]]:
+        """Each channel's ATS and its explanation (in channel order), straight from the spec's formula."""
+        committed = sum(q for _, q in st.commitments.values()) if st.commitments else 0
+        reserved = sum(q for _, q in st.reservations.values()) if st.reservations else 0
         status = "unknown" if st.item is None or st.item[2] == "absent" else st.item[2]
-        safety = st.item[1] if status != "unknown" and st.item is not None else 0
-        network = free - safety - committed - reserved
-        share = channel.share_exact
-        ats = 0 if status != "active" else max(0, network * share.numerator // share.denominator)
-        return {"ats": ats, "on_hand": on_hand, "allocated": allocated, "in_transit": in_transit,
-                "committed_open": committed, "intake_reserved": reserved, "safety_stock": safety,
-                "network": network, "status": status}
+        safety = st.item[1] if st.item is not None and status != "unknown" else 0
+        out = []
+        for locations, in_transit_counts, numerator, denominator in self._plans:
+            on_hand = allocated = in_transit = free = 0
+            for location, (_, oh, al, tr) in st.stock.items():
+                if locations is None or location in locations:
+                    on_hand, allocated, in_transit = on_hand + oh, allocated + al, in_transit + tr
+                    free += (oh - al if oh > al else 0) + (tr if in_transit_counts else 0)
+            network = free - safety - committed - reserved
+            ats = max(0, network * numerator // denominator) if status == "active" else 0
+            out.append({"ats": ats, "on_hand": on_hand, "allocated": allocated, "in_transit": in_transit,
+                        "committed_open": committed, "intake_reserved": reserved, "safety_stock": safety,
+                        "network": network, "status": status})
+        return out
 
     def _publish(self, st: SkuState, sku: str, now_ms: int, flush: bool = False) -> list[Emit]:
         out = self._unknown_sku(st, sku)
-        for channel in self.channels:
-            view = st.views.setdefault(channel.id, [-1, 0, 0, 0])
-            numbers = self.compute(st, channel)
-            out.extend(self._exceptions(st, sku, channel, view, numbers))
-            if numbers["ats"] == view[0]:
-                view[2] = 0  # back to the published value: nothing to send
+        if len(st.views) != 4 * len(self.channels):  # new state, or the channel set changed
+            st.views = [-1, 0, 0, 0] * len(self.channels)
+        views = st.views
+        for i, (channel, numbers) in enumerate(zip(self.channels, self.compute(st), strict=True)):
+            at = 4 * i  # views[at:at + 4]: published ats, last publish ms, due ms, oversold
+            if numbers["network"] < 0 or views[at + 3]:
+                out.extend(self._exceptions(st, sku, channel, views, at, numbers))
+            if numbers["ats"] == views[at]:
+                views[at + 2] = 0  # back to the published value: nothing to send
                 continue
             interval = channel.min_publish_interval_ms
-            if view[0] >= 0 and now_ms < view[1] + interval:
-                view[2] = view[1] + interval  # hold: the final value goes out when the interval ends
-                if not flush:
+            if views[at] >= 0 and now_ms < views[at + 1] + interval:
+                views[at + 2] = views[at + 1] + interval  # hold: the final value goes out when it ends
+                if not flush or now_ms < views[at + 2]:
                     continue
-                if now_ms < view[2]:
-                    continue
-            published_at = max(now_ms, view[2]) if view[2] else now_ms
-            view[0], view[1], view[2] = int(numbers["ats"]), published_at, 0
-            out.append(Emit(channel.topic, sku, AVAILABILITY_SCHEMA, {
-                "channel": channel.id, "sku": sku, **numbers, "positions": dict(st.positions),
-                "event_time_ms": st.event_ms, "published_at_ms": published_at}))
+            published_at = max(now_ms, views[at + 2]) if views[at + 2] else now_ms
+            views[at], views[at + 1], views[at + 2] = int(numbers["ats"]), published_at, 0
+            positions = {system: p for system, p in zip(POSITION_SYSTEMS, st.positions, strict=True) if p}
+            numbers.update(channel=channel.id, sku=sku, positions=positions, event_time_ms=st.event_ms,
+                           published_at_ms=published_at)
+            out.append(Emit(channel.topic, sku, AVAILABILITY_SCHEMA, numbers))
         return out
 
-    def _exceptions(self, st: SkuState, sku: str, channel: Channel, view: list[int],
-                    numbers: dict[str, int | str]) -> list[Emit]:
+    def _exceptions(self, st: SkuState, sku: str, channel: Channel, views: list[int], at: int,
+                    numbers: dict[str, Any]) -> list[Emit]:
         out = []
         # Sold more than there is: negative because of open orders or reservations, not because
         # the safety stock alone exceeds the stock (that is an empty shelf, not an oversell).
         promised = int(numbers["committed_open"]) + int(numbers["intake_reserved"])
         oversold = int(numbers["network"]) < 0 and promised > 0 and numbers["status"] == "active"
-        if oversold and not view[3]:
+        if oversold and not views[at + 3]:
             out.append(exception("oversold", "error", "availability", f"{channel.id}/{sku}",
                                  f"network availability {numbers['network']} is below zero",
                                  {k: numbers[k] for k in sorted(numbers)}, st.event_ms))
-        view[3] = int(oversold)
+        views[at + 3] = int(oversold)
         return out
 
     def _unknown_sku(self, st: SkuState, sku: str) -> list[Emit]:
