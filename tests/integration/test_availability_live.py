@@ -18,7 +18,7 @@ from .conftest import Pipeline, unique
 from .truth import redis_values, truth
 
 
-def wait_for_truth(settings: Settings, store: redis.Redis, skus: list[str], timeout_s: float = 45) -> dict[Any, Any]:
+def wait_for_truth(settings: Settings, store: redis.Redis, skus: list[str], timeout_s: float = 120) -> dict[Any, Any]:
     expected = truth(settings, skus)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
