@@ -109,6 +109,26 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def read_to_end(settings: Settings, topics: list[str], timeout_s: float = 30) -> Iterator[Message]:
+    """Every record of `topics` from the beginning until each has reached its end (partition EOF)."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": unique("read"),
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
+    consumer.subscribe(topics)
+    eof: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(eof) < len(topics) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                eof.add(msg.topic() or "")
+                continue
+            yield msg
+    finally:
+        consumer.close()
+
+
 class TopicReader:
     """Reads one topic from the beginning, keeping every record, JSON-decoded."""
 

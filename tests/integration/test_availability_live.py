@@ -8,13 +8,12 @@ import time
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer
 
 from erpsync.channels import load_channels
 from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
 from erpsync.settings import Settings
 
-from .conftest import Pipeline, unique
+from .conftest import Pipeline, read_to_end, unique
 from .truth import redis_values, truth
 
 
@@ -31,26 +30,13 @@ def wait_for_truth(settings: Settings, store: redis.Redis, skus: list[str], time
 
 def latest_on_topics(settings: Settings, skus: set[str]) -> dict[tuple[str, str], int]:
     deserialize = make_value_deserializer(SchemaRegistry.load(), None)
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": unique("avail"),
-                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
-    channels = load_channels()
-    consumer.subscribe([c.topic for c in channels])
     latest: dict[tuple[str, str], int] = {}
-    eof: set[str] = set()
-    deadline = time.monotonic() + 30
-    while len(eof) < len(channels) and time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is None:
-            continue
-        if msg.error():
-            eof.add(msg.topic() or "")
-            continue
+    for msg in read_to_end(settings, [c.topic for c in load_channels()]):
         sku = (msg.key() or b"").decode()
         if sku in skus:
             raw = msg.value() or b""
             value = json.loads(raw) if raw[:1] == b"{" else deserialize(msg.topic() or "", raw)[1]
             latest[(value["channel"], sku)] = value["ats"]
-    consumer.close()
     return latest
 
 

@@ -17,7 +17,7 @@ from erpsync.runner import replay
 from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
 from erpsync.settings import Settings
 
-from .conftest import unique
+from .conftest import read_to_end, unique
 
 
 def read_canonical(settings: Settings, registry: SchemaRegistry, topics: list[str], keys: set[str],
@@ -84,23 +84,11 @@ def test_changes_reach_canonical_topics_in_order(pipeline, settings, erp, wms, t
 
 
 def dump_raw(settings: Settings, topics: list[str], marks: set[str], path: Path) -> None:
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": unique("dump"),
-                         "auto.offset.reset": "earliest", "enable.partition.eof": True})
-    consumer.subscribe(topics)
-    eof: set[str] = set()
     lines = []
-    deadline = time.monotonic() + 30
-    while len(eof) < len(topics) and time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is None:
-            continue
-        if msg.error():
-            eof.add(msg.topic() or "")
-            continue
+    for msg in read_to_end(settings, topics):
         key = (msg.key() or b"").decode()
         if any(m in key for m in marks):
             value = msg.value()
             lines.append(json.dumps({"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
                                      "key": key, "payload": value.decode() if value is not None else None}))
-    consumer.close()
     path.write_text("\n".join(lines) + "\n")
