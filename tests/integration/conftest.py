@@ -20,7 +20,7 @@ import psycopg
 import pymysql
 import pytest
 import redis
-from confluent_kafka import Consumer, Message
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
 from erpsync import stack
 from erpsync.settings import Settings, load_settings
@@ -109,20 +109,27 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def read_to_end(settings: Settings, topics: list[str], timeout_s: float = 30) -> Iterator[Message]:
-    """Every record of `topics` from the beginning until each has reached its end (partition EOF)."""
+def read_to_end(settings: Settings, topics: list[str], timeout_s: float = 60,
+                since_ms: int | None = None) -> Iterator[Message]:
+    """Every record of `topics` (written at or after `since_ms`, if given) until each partition's end."""
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": unique("read"),
                          "auto.offset.reset": "earliest", "enable.partition.eof": True})
-    consumer.subscribe(topics)
-    eof: set[str] = set()
+    meta = consumer.list_topics(timeout=10)
+    parts = [TopicPartition(t, p, since_ms if since_ms is not None else OFFSET_BEGINNING)
+             for t in topics if t in meta.topics for p in meta.topics[t].partitions]
+    if since_ms is not None:
+        parts = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+                 for tp in consumer.offsets_for_times(parts, timeout=10)]
+    consumer.assign(parts)
+    at_end: set[tuple[str, int]] = set()
     deadline = time.monotonic() + timeout_s
     try:
-        while len(eof) < len(topics) and time.monotonic() < deadline:
+        while len(at_end) < len(parts) and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
             if msg.error():
-                eof.add(msg.topic() or "")
+                at_end.add((msg.topic() or "", msg.partition() or 0))
                 continue
             yield msg
     finally:

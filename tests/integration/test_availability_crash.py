@@ -27,6 +27,7 @@ from .truth import redis_values, truth
 def test_kill_9_and_restart_never_goes_backwards(settings: Settings, erp, wms, store: redis.Redis,  # type: ignore[no-untyped-def]
                                                  tmp_path: Path) -> None:
     skus = [unique("SKU-CRASH") for _ in range(4)]
+    started_ms = int(time.time() * 1000) - 5000
     seed(erp, wms, skus)
     run = Pipeline(tmp_path, ERPSYNC_FLOWS__SNAPSHOT_INTERVAL_S="1").start()
     seen: list[dict[Any, Any]] = []
@@ -55,7 +56,7 @@ def test_kill_9_and_restart_never_goes_backwards(settings: Settings, erp, wms, s
         stop.set()
         watcher.join()
         run.stop()
-    assert latest_on_topics(settings, set(skus)) == truth(settings, skus)
+    assert latest_on_topics(settings, set(skus), started_ms) == truth(settings, skus)
     for key in seen[0]:
         values = [s[key] for s in seen if s[key] is not None]
         assert values == sorted(values), f"{key} went backwards: {values}"

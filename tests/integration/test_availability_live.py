@@ -28,10 +28,10 @@ def wait_for_truth(settings: Settings, store: redis.Redis, skus: list[str], time
     return expected
 
 
-def latest_on_topics(settings: Settings, skus: set[str]) -> dict[tuple[str, str], int]:
+def latest_on_topics(settings: Settings, skus: set[str], since_ms: int) -> dict[tuple[str, str], int]:
     deserialize = make_value_deserializer(SchemaRegistry.load(), None)
     latest: dict[tuple[str, str], int] = {}
-    for msg in read_to_end(settings, [c.topic for c in load_channels()]):
+    for msg in read_to_end(settings, [c.topic for c in load_channels()], since_ms=since_ms):
         sku = (msg.key() or b"").decode()
         if sku in skus:
             raw = msg.value() or b""
@@ -52,10 +52,11 @@ def seed(erp: Any, wms: Any, skus: list[str]) -> None:
 def test_wms_update_reaches_redis_and_topics(pipeline: Pipeline, settings: Settings, erp, wms,  # type: ignore[no-untyped-def]
                                              store: redis.Redis) -> None:
     sku = unique("SKU-ATS")
+    started_ms = int(time.time() * 1000) - 5000
     seed(erp, wms, [sku])
     with wms.cursor() as cur:
         cur.execute("UPDATE inventory_balances SET on_hand = 40 WHERE sku = %s AND location = 'DC-EAST'", (sku,))
     expected = wait_for_truth(settings, store, [sku])
     # (40 - 5) + 20 - safety 2 = 53 everywhere; the marketplace sees DC-EAST only, 80%: floor(33 * 0.8) = 26
     assert expected == {("b2b-portal", sku): 53, ("inside-sales", sku): 53, ("marketplace", sku): 26}
-    assert latest_on_topics(settings, {sku}) == expected
+    assert latest_on_topics(settings, {sku}, started_ms) == expected
