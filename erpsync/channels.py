@@ -29,8 +29,6 @@ class Outputs(BaseModel):
     kafka: bool = True
     redis: bool = True
     format: Literal["avro", "json"] = "avro"
-    http_url: str | None = None
-    http_max_per_s: float = Field(default=50.0, gt=0)
 
 
 class Channel(BaseModel):
