@@ -62,7 +62,7 @@ def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int
         """Availability already reaches the file as records of availability.<channel>."""
 
     flow = build_flow(registry, load_channels() if channels is None else channels, sources=Sources(raw),
-                      sinks=Sinks(collect, collect, collect, nowhere))
+                      sinks=Sinks(collect, collect, collect, nowhere), live=False)
     merged: Stream[object] = op.merge("replay_all", *streams)
     op.output("replay_output", op.key_on("replay_one_writer", merged, lambda _: "out"), sink)  # type: ignore[misc]
     tune_gc()

@@ -49,22 +49,24 @@ def migrate(settings: Settings) -> list[str]:
 
 _UPSERT_AVAILABILITY = """
 INSERT INTO sync.availability AS a (channel, sku, ats, on_hand, allocated, in_transit, committed_open,
-    intake_reserved, safety_stock, network, status, pos_erp, pos_wms, pos_commerce, pos_clock, event_time_ms,
-    published_at_ms)
+    intake_reserved, safety_stock, network, status, pos_erp, pos_wms, pos_commerce, pos_clock, version,
+    event_time_ms, published_at_ms)
 VALUES (%(channel)s, %(sku)s, %(ats)s, %(on_hand)s, %(allocated)s, %(in_transit)s, %(committed_open)s,
     %(intake_reserved)s, %(safety_stock)s, %(network)s, %(status)s, %(pos_erp)s, %(pos_wms)s,
-    %(pos_commerce)s, %(pos_clock)s, %(event_time_ms)s, %(published_at_ms)s)
+    %(pos_commerce)s, %(pos_clock)s, %(version)s, %(event_time_ms)s, %(published_at_ms)s)
 ON CONFLICT (channel, sku) DO UPDATE SET
     ats = excluded.ats, on_hand = excluded.on_hand, allocated = excluded.allocated,
     in_transit = excluded.in_transit, committed_open = excluded.committed_open,
     intake_reserved = excluded.intake_reserved, safety_stock = excluded.safety_stock,
     network = excluded.network, status = excluded.status, pos_erp = excluded.pos_erp,
     pos_wms = excluded.pos_wms, pos_commerce = excluded.pos_commerce, pos_clock = excluded.pos_clock,
+    version = excluded.version,
     event_time_ms = excluded.event_time_ms, published_at_ms = excluded.published_at_ms, written_at = now()
 WHERE a.pos_erp <= excluded.pos_erp AND a.pos_wms <= excluded.pos_wms
   AND a.pos_commerce <= excluded.pos_commerce AND a.pos_clock <= excluded.pos_clock
-  AND (a.pos_erp, a.pos_wms, a.pos_commerce, a.pos_clock)
-      <> (excluded.pos_erp, excluded.pos_wms, excluded.pos_commerce, excluded.pos_clock)
+  AND ((a.pos_erp, a.pos_wms, a.pos_commerce, a.pos_clock)
+       <> (excluded.pos_erp, excluded.pos_wms, excluded.pos_commerce, excluded.pos_clock)
+       OR a.version < excluded.version)
 """
 
 

@@ -1,9 +1,10 @@
 """Redis, what storefronts read: ``HGET ats:<channel> <sku>`` -> ATS as a base-10 integer string.
 
 Each write is one Lua script call, atomic, fenced by source position: the fence is the newest
-position per source system the value reflects, kept beside it in ``ats-pos:<channel>``. A value is
-written only if no system's position went backwards and at least one moved forward, so a replayed,
-redelivered or reordered update can never overwrite a newer one.
+position per source system the value reflects plus the SKU state's version, kept beside it in
+``ats-pos:<channel>``. A value is written only if no system's position went backwards and either
+one moved forward or the version grew (inputs at equal positions, e.g. snapshot reads, or read out
+of order across topics), so a replayed or redelivered update can never overwrite a newer one.
 """
 
 from __future__ import annotations
@@ -18,19 +19,22 @@ from erpsync.settings import Settings
 from erpsync.state.ats import POSITION_SYSTEMS
 
 FENCED_HSET = """
+-- ARGV[3] is the fence: '<erp>|<wms>|<commerce>|<clock>|<version>' (positions fixed-width per system)
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if old then
-  local newer = false
-  local i = 1
   local new_parts = {}
   for part in string.gmatch(ARGV[3] .. '|', '([^|]*)|') do new_parts[#new_parts + 1] = part end
-  for part in string.gmatch(old .. '|', '([^|]*)|') do
-    local candidate = new_parts[i] or ''
-    if candidate < part then return 0 end
-    if candidate > part then newer = true end
-    i = i + 1
+  local old_parts = {}
+  for part in string.gmatch(old .. '|', '([^|]*)|') do old_parts[#old_parts + 1] = part end
+  local forward = false
+  for i = 1, #new_parts - 1 do
+    local before = old_parts[i] or ''
+    if new_parts[i] < before then return 0 end
+    if new_parts[i] > before then forward = true end
   end
-  if not newer then return 0 end
+  if not forward and tonumber(new_parts[#new_parts]) <= tonumber(old_parts[#old_parts] or '0') then
+    return 0
+  end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
@@ -38,9 +42,9 @@ return 1
 """
 
 
-def fence(positions: dict[str, str]) -> str:
-    """The fence string: positions of every system, in a fixed order ('' for none yet)."""
-    return "|".join(positions.get(system, "") for system in POSITION_SYSTEMS)
+def fence(positions: dict[str, str], version: int) -> str:
+    """The fence string: positions of every system in a fixed order ('' for none yet), then the version."""
+    return "|".join([*(positions.get(system, "") for system in POSITION_SYSTEMS), str(version)])
 
 
 def client(settings: Settings) -> redis.Redis:
@@ -67,7 +71,7 @@ class _AtsPartition(StatelessSinkPartition[Emit]):
         for e in items:
             v = e.value
             self.script(keys=[f"ats:{v['channel']}", f"ats-pos:{v['channel']}"],
-                        args=[v["sku"], str(v["ats"]), fence(v["positions"])], client=pipe)
+                        args=[v["sku"], str(v["ats"]), fence(v["positions"], v["version"])], client=pipe)
         pipe.execute()  # raises on any error: the batch is retried from the last snapshot
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ one key, and the per-SKU ledger, whose held (throttled) updates are released by 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -47,12 +48,16 @@ class _LedgerLogic(StatefulBatchLogic[LedgerInput, Emit, SkuState]):
     (replay) everything held is released.
     """
 
-    def __init__(self, ledger: SkuLedger, state: SkuState | None) -> None:
+    def __init__(self, ledger: SkuLedger, state: SkuState | None, timers: bool) -> None:
         self.ledger = ledger
         self.state = state or SkuState()
+        self.timers = timers
         self.wake: datetime | None = None
+        self._arm()  # a state resumed from a snapshot may hold an update that is still due
 
     def _arm(self) -> None:
+        if not self.timers:
+            return
         due = self.ledger.due_ms(self.state)
         self.wake = None if due is None else \
             datetime.now(UTC) + timedelta(milliseconds=max(0, due - self.state.event_ms))
@@ -87,7 +92,8 @@ class _LedgerLogic(StatefulBatchLogic[LedgerInput, Emit, SkuState]):
         return self.wake
 
     def snapshot(self) -> SkuState:
-        return self.state
+        # bytewax may serialize the snapshot after later items changed the live state: hand it a copy.
+        return copy.deepcopy(self.state)
 
 
 class _SecondTicker:
@@ -118,8 +124,12 @@ def _sku(item: LedgerInput) -> str:
 
 
 def availability(canonical: Stream[Emit], accepted: Stream[IntakeAccepted] | None,
-                 channels: Sequence[Channel]) -> Stream[Emit]:
-    """Availability updates and exceptions, from canonical events and accepted channel orders."""
+                 channels: Sequence[Channel], *, live: bool = True) -> Stream[Emit]:
+    """Availability updates and exceptions, from canonical events and accepted channel orders.
+
+    live=False (replay): no wall-clock timers; held updates are released by later events and at
+    the end of input, in event time only, so two replays of a dump publish the same records.
+    """
     order_facts = op.filter("avail_order_facts", canonical, lambda e: e.topic in _ORDER_FACTS)
     order_lines = OrderLines()
     commitments = op.key_rm("avail_commitments", op.stateful_flat_map(
@@ -139,5 +149,5 @@ def availability(canonical: Stream[Emit], accepted: Stream[IntakeAccepted] | Non
     ledger = SkuLedger(channels)
     published = op.stateful_batch(
         "avail_ledger", op.key_on("avail_by_sku", ledger_in, _sku),
-        lambda resume: _LedgerLogic(ledger, resume))
+        lambda resume: _LedgerLogic(ledger, resume, live))
     return op.merge("avail_out", op.key_rm("avail_unkey", published), reserved_split.falses)

@@ -45,7 +45,9 @@ class _Logic(StatefulBatchLogic[RawRecord, Outcome, ChangeLog]):
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ChangeLog:
-        return self.log
+        # bytewax may serialize the snapshot after later batches changed the log: hand it a copy.
+        # Shallow is enough: entries are tuples, replaced and never mutated.
+        return dict(self.log)
 
 
 def canonicalize(raw: Stream[RawRecord], canonicalizer: Canonicalizer) -> Outcomes:

@@ -38,11 +38,13 @@ class Sinks:
     availability: Callable[[str, Stream[Emit]], None]  # Availability records, for the stores storefronts read
 
 
-def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources: Sources, sinks: Sinks) -> Dataflow:
+def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources: Sources, sinks: Sinks,
+               live: bool = True) -> Dataflow:
+    """live=False for replay: event time only, no wall-clock timers (see flows.availability)."""
     flow = Dataflow("erpsync")
     raw, unreadable = sources.raw(flow)
     canon = canonicalize(raw, make_canonicalizer(registry))
-    derived = availability(canon.emits, None, channels)
+    derived = availability(canon.emits, None, channels, live=live)
     sinks.emits("out_emits", op.merge("all_emits", canon.emits, derived))
     sinks.availability("out_availability", op.filter(
         "availability_only", derived, lambda e: e.schema == AVAILABILITY_SCHEMA))

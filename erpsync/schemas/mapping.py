@@ -9,13 +9,15 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, NamedTuple
 
 MAPPINGS_DIR = Path(__file__).with_name("mappings")
 _EPOCH_DATE = date(1970, 1, 1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class BadValue(ValueError):
@@ -60,6 +62,11 @@ def _decimal(scale: int) -> Converter:
     def convert(v: Any) -> str:
         if isinstance(v, bool) or not isinstance(v, str | int | float):
             raise BadValue(f"expected a decimal, got {type(v).__name__} {v!r}")
+        if scale > 0 and isinstance(v, str) and "." not in v:
+            # Debezium's string mode always writes the scale's digits ("5000.00"); no point means
+            # base64 "precise" bytes that happen to look like digits.
+            raise BadValue(f"{v!r} is not a decimal string with {scale} places (base64 'precise' decimal? "
+                           "set decimal.handling.mode=string on the connector)")
         try:
             # float goes through repr so 0.1 stays 0.1, not its binary expansion
             d = Decimal(v if not isinstance(v, float) else repr(v))
@@ -101,7 +108,7 @@ def _timestamp(v: Any) -> int:
             raise BadValue(f"expected an ISO-8601 timestamp, got {v!r}") from None
         if ts.tzinfo is None:
             raise BadValue(f"timestamp {v!r} has no time zone")
-        return int(ts.timestamp()) * 1_000_000 + ts.microsecond
+        return (ts - _EPOCH) // _MICROSECOND
     raise BadValue(f"expected an ISO-8601 timestamp string, got {type(v).__name__} {v!r}")
 
 
@@ -228,6 +235,8 @@ def _compile(path: Path, doc: dict[str, Any], key: tuple[str, ...]) -> TableMapp
             conv = _SIMPLE[type_name]
         else:
             raise ValueError(f"{path.name}: field {name}: unknown type {type_name!r}")
+        if "min" in spec and type_name not in ("int", "long"):
+            raise ValueError(f"{path.name}: field {name}: 'min' applies to int and long fields only")
         rules.append(FieldRule(
             name=name,
             column=spec.get("from", name),

@@ -67,6 +67,11 @@ def _ensure_traversable(path: Path) -> None:
             parent.chmod(mode | stat.S_IXOTH)
 
 
+def _psql_quote(value: str) -> str:
+    """Quote for a psql set value in single quotes, where backslash escapes apply: double both."""
+    return value.replace("\\", "\\\\").replace("'", "''")
+
+
 def _chown(path: Path, user: str) -> None:
     if os.geteuid() == 0:
         entry = pwd.getpwnam(user)
@@ -85,6 +90,9 @@ class Component:
         self.home = self.settings.stack.home / self.name
         self.home.mkdir(parents=True, exist_ok=True)
 
+    # What the component's process runs: a pid file naming another program is stale.
+    program = ""
+
     @property
     def log_file(self) -> Path:
         return self.settings.stack.home / "logs" / f"{self.name}.log"
@@ -98,7 +106,7 @@ class Component:
         raise NotImplementedError
 
     def pid(self) -> int | None:
-        return read_pid(self.pid_file)
+        return read_pid(self.pid_file, self.program)
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -134,7 +142,7 @@ class Component:
             )
 
     def stop(self) -> bool:
-        return terminate(self.pid_file)
+        return terminate(self.pid_file, self.program)
 
     def describe(self) -> dict[str, Any]:
         pid = self.pid()
@@ -149,6 +157,7 @@ class Component:
 
 
 class Redis(Component):
+    program = "redis-server"
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings, "redis")
 
@@ -183,6 +192,8 @@ class Redis(Component):
 
 class Postgres(Component):
     """One PostgreSQL cluster holding the ERP database and the erpsync ops database."""
+
+    program = "postgres"
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings, "postgres")
@@ -278,7 +289,7 @@ class Postgres(Component):
         return True
 
     def pid(self) -> int | None:
-        return read_pid(self.data / "postmaster.pid")
+        return read_pid(self.data / "postmaster.pid", self.program)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -318,7 +329,7 @@ class Postgres(Component):
 
     def _psql_file(self, path: Path, *, dbname: str, variables: dict[str, str]) -> None:
         # Variables go through stdin (\set), not argv, so passwords never show up in `ps`.
-        sets = "".join(f"\\set {k} '{v.replace(chr(39), chr(39) * 2)}'\n" for k, v in variables.items())
+        sets = "".join(f"\\set {k} '{_psql_quote(v)}'\n" for k, v in variables.items())
         erp = self.settings.erp
         env = dict(os.environ, PGPASSWORD=erp.password.get_secret_value())
         run(
@@ -333,6 +344,8 @@ class Postgres(Component):
 
 class MariaDB(Component):
     """The WMS database, with a ROW-format binlog for Debezium."""
+
+    program = "mariadbd"
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings, "mariadb")
@@ -419,6 +432,8 @@ class MariaDB(Component):
 class Kafka(Component):
     """Apache Kafka in KRaft combined mode (broker + controller), one node."""
 
+    program = "kafka.Kafka"
+
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings, "kafka")
         self.data = self.home / "data"
@@ -496,6 +511,8 @@ class Kafka(Component):
 
 class Connect(Kafka):
     """Kafka Connect distributed worker with the Debezium PostgreSQL and MariaDB plugins."""
+
+    program = "ConnectDistributed"
 
     def __init__(self, settings: Settings) -> None:
         Component.__init__(self, settings, "connect")

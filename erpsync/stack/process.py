@@ -36,8 +36,12 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def read_pid(pid_file: Path) -> int | None:
-    """The pid on the first line of pid_file when that process is alive, else None."""
+def read_pid(pid_file: Path, program: str | None = None) -> int | None:
+    """The pid on the first line of pid_file when that process is alive (and runs `program`), else None.
+
+    Checking the program keeps a stale pid file (say, after a reboot) from naming, and `down` from
+    killing, an unrelated process that got the same pid.
+    """
     try:
         pid = int(pid_file.read_text().split()[0])
     except (FileNotFoundError, ValueError, IndexError):
@@ -53,7 +57,16 @@ def read_pid(pid_file: Path) -> int | None:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, IndexError):
         return pid
-    return None if state == "Z" else pid
+    if state == "Z":
+        return None
+    if program is not None:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except FileNotFoundError:
+            return None
+        if program not in cmdline:
+            return None
+    return pid
 
 
 def spawn(
@@ -80,16 +93,16 @@ def spawn(
     return proc
 
 
-def terminate(pid_file: Path, *, timeout_s: float = 60.0) -> bool:
+def terminate(pid_file: Path, program: str, *, timeout_s: float = 60.0) -> bool:
     """SIGTERM the process in pid_file and wait; SIGKILL after timeout_s. True if one was running."""
-    pid = read_pid(pid_file)
+    pid = read_pid(pid_file, program)
     if pid is None:
         pid_file.unlink(missing_ok=True)
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if read_pid(pid_file) is None:
+        if read_pid(pid_file, program) is None:
             break
         time.sleep(0.2)
     else:

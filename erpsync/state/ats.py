@@ -100,6 +100,12 @@ def exception(kind: str, severity: str, entity: str, key: str, reason: str, deta
     })
 
 
+def _event_ms(event: Emit | Commitment | Reservation) -> int:
+    if isinstance(event, Commitment | Reservation):
+        return event.event_ms
+    return int(event.value["source"]["commit_ts_ms"])
+
+
 def _source(event: Emit) -> tuple[str, str, int]:
     src = event.value["source"]
     return src["system"], src["position"], src["commit_ts_ms"]
@@ -280,6 +286,7 @@ class SkuState:
     reservations: dict[str, tuple[int, int]] | None = None  # intake line -> (version, qty)
     positions: list[str] = field(default_factory=lambda: [""] * len(POSITION_SYSTEMS))  # newest per system
     event_ms: int = 0
+    version: int = 0  # inputs absorbed so far: orders changes that move no position (equal snapshot positions)
     # per channel, in channel order, 4 slots: published ats (-1: never), last publish ms,
     # due ms (0: nothing held), oversold (0/1)
     views: list[int] = field(default_factory=list)
@@ -303,9 +310,15 @@ class SkuLedger:
 
     def apply(self, state: SkuState | None, sku: str, event: LedgerInput) -> tuple[SkuState, list[Emit]]:
         st = state or SkuState()
+        out: list[Emit] = []
+        # What fell due before this event goes out first, at its due time: the same records whether
+        # a live timer released it or (replay) the next event does.
+        due = self.due_ms(st)
+        if due is not None and _event_ms(event) >= due:
+            st, out = self.flush(st, sku, due)
         if not self._absorb(st, event):
-            return st, []
-        out = self._publish(st, sku, st.event_ms)
+            return st, out
+        out.extend(self._publish(st, sku, st.event_ms))
         return st, out
 
     def flush(self, state: SkuState, sku: str, now_ms: int) -> tuple[SkuState, list[Emit]]:
@@ -351,6 +364,7 @@ class SkuLedger:
         if position > st.positions[index]:
             st.positions[index] = position
         st.event_ms = max(st.event_ms, event_ms)
+        st.version += 1
         return True
 
     def compute(self, st: SkuState) -> list[dict[str, Any]]:
@@ -393,8 +407,8 @@ class SkuLedger:
             published_at = max(now_ms, views[at + 2]) if views[at + 2] else now_ms
             views[at], views[at + 1], views[at + 2] = int(numbers["ats"]), published_at, 0
             positions = {system: p for system, p in zip(POSITION_SYSTEMS, st.positions, strict=True) if p}
-            numbers.update(channel=channel.id, sku=sku, positions=positions, event_time_ms=st.event_ms,
-                           published_at_ms=published_at)
+            numbers.update(channel=channel.id, sku=sku, positions=positions, version=st.version,
+                           event_time_ms=st.event_ms, published_at_ms=published_at)
             out.append(Emit(channel.topic, sku, AVAILABILITY_SCHEMA, numbers))
         return out
 

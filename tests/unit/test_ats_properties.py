@@ -215,3 +215,20 @@ def test_final_ats_equals_the_formula_on_final_rows(history: tuple[list[Any], Wo
             expected = expected_ats(world, channel, sku)
             got = published.get((channel.id, sku), 0)  # never published: unknown, reads as 0
             assert got == expected, (channel.id, sku)
+
+
+def test_a_resumed_state_holding_an_update_arms_its_timer() -> None:
+    from erpsync.flows.availability import _LedgerLogic  # noqa: PLC0415
+
+    ledger = SkuLedger(CHANNELS)
+    item = canonical("canonical.item", ["S1"], {"sku": "S1", "safety_stock": 0, "status": "active"}, "erp", 1, 1000)
+    stock = [canonical("canonical.inventory-position", ["S1", "DC-EAST"], {
+        "sku": "S1", "location": "DC-EAST", "on_hand": n, "allocated": 0, "in_transit": 0}, "wms", 1 + n, 1000 + n)
+        for n in (10, 11)]
+    state = None
+    for event in (item, *stock):
+        state, _ = ledger.apply(state, "S1", event)
+    assert state is not None and ledger.due_ms(state) == 1250  # 11 is held behind the 10 just published
+    resumed = _LedgerLogic(ledger, state, timers=True)
+    assert resumed.notify_at() is not None
+    assert _LedgerLogic(ledger, state, timers=False).notify_at() is None

@@ -127,7 +127,13 @@ def test_stale_event_after_newer_one_is_ignored(captured: list[RawRecord], canon
     balances = [r for r in captured if r.topic == "wms.wms.inventory_balances" and r.value]
     newest_first = list(reversed(balances))
     out = run(canonicalizer, newest_first)
-    assert any(isinstance(o, Ignored) and o.reason == "duplicate_or_stale" for o in out)
+    emitted_positions: dict[str, list[str]] = {}
+    for o in out:
+        if isinstance(o, Emit):
+            emitted_positions.setdefault(o.key, []).append(o.value["source"]["position"])
+    assert emitted_positions and all(len(p) == 1 for p in emitted_positions.values())  # only the newest
+    stale = sum(isinstance(o, Ignored) and o.reason == "duplicate_or_stale" for o in out)
+    assert stale == len(balances) - len(emitted_positions)
 
 
 @pytest.mark.parametrize(("column", "value", "reason"), [
@@ -215,3 +221,19 @@ def test_positions_are_totally_ordered_per_source(captured: list[RawRecord]) -> 
         source_position({"connector": "postgresql", "sequence": '["10","16"]', "lsn": 16})  # type: ignore[operator]
     assert source_position({"connector": "mariadb", "file": "binlog.000009", "pos": 99999, "row": 0}) < \
         source_position({"connector": "mariadb", "file": "binlog.000010", "pos": 4, "row": 0})  # type: ignore[operator]
+
+
+def test_string_decimal_without_point_is_rejected(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    raw = first(captured, "erp.erp.customers", "c")
+    doc = envelope(raw)
+    doc["after"]["credit_limit"] = "1234"  # base64 of b"\xd7m\xf8": digits that are not a decimal string
+    [dead] = run(canonicalizer, [with_value(raw, doc)])
+    assert isinstance(dead, DeadLetter) and "base64" in dead.reason
+
+
+def test_timestamps_before_1970(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    raw = first(captured, "erp.erp.customers", "c")
+    doc = envelope(raw)
+    doc["after"]["updated_at"] = "1969-12-31T23:59:59.500000Z"
+    [emit] = run(canonicalizer, [with_value(raw, doc)])
+    assert emit.value["updated_at"] == -500_000

@@ -227,6 +227,7 @@ OUTPUT_RECORDS: dict[str, dict[str, Any]] = {
         "in_transit": 40, "committed_open": 0, "intake_reserved": 0, "safety_stock": 5, "network": 95,
         "status": "active",
         "positions": {"erp": "00000000000000000041", "wms": "00000000000000000042"},
+        "version": 7,
         "event_time_ms": 1_795_000_000_000, "published_at_ms": 1_795_000_000_250,
     },
     "io.erpsync.OrderStatus": {

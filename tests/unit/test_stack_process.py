@@ -1,0 +1,17 @@
+"""Process helpers of the local stack."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from erpsync.stack.process import read_pid
+
+
+def test_a_pid_file_naming_another_program_is_stale(tmp_path: Path) -> None:
+    pid_file = tmp_path / "x.pid"
+    pid_file.write_text(str(os.getpid()))
+    assert read_pid(pid_file, "python") == os.getpid()
+    assert read_pid(pid_file, "redis-server") is None  # our pid, but not a Redis: not ours to kill
+    pid_file.write_text("999999999")
+    assert read_pid(pid_file) is None
