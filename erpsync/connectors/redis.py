@@ -32,7 +32,10 @@ if old then
     if new_parts[i] < before then return 0 end
     if new_parts[i] > before then forward = true end
   end
-  if not forward and tonumber(new_parts[#new_parts]) <= tonumber(old_parts[#old_parts] or '0') then
+  -- the version is the last part; a fence written before versions existed counts as version 0
+  local new_version = tonumber(new_parts[#new_parts]) or 0
+  local old_version = tonumber(old_parts[#new_parts] or '') or 0
+  if not forward and new_version <= old_version then
     return 0
   end
 end

@@ -121,12 +121,14 @@ class Component:
         """Idempotent set-up once healthy (databases, users, connectors)."""
 
     def start(self) -> None:
-        if self.running() and self.healthy():
-            return
         if self.running():
-            # Up but not yet healthy: give it the start timeout before declaring it failed.
-            self._wait_healthy()
-            return
+            # Ours and up: healthy now, or soon. If it exits meanwhile (it was still shutting down
+            # from a `down`), start a new one.
+            if wait_until(lambda: self.running() and self.healthy(),
+                          timeout_s=self.settings.stack.start_timeout_s, alive=self.running):
+                return
+            if self.running():
+                self._wait_healthy()  # raises: running but not healthy
         self.launch()
         self._wait_healthy()
 

@@ -25,5 +25,8 @@ def test_fence_orders_writes(store: redis.Redis) -> None:
         assert put(14, "0001", "0005", 2) == 0  # older state at the same positions
         assert put(15, "0002", "0005", 1) == 1  # a position moved forward: newer, whatever the version
         assert store.hget(f"ats:{channel}", sku) == b"15"
+        store.hset(f"ats-pos:{channel}", sku, "0003|0005||")  # a fence from before versions existed
+        assert put(16, "0003", "0005", 1) == 1
+        assert put(17, "0003", "0004", 2) == 0
     finally:
         store.delete(f"ats:{channel}", f"ats-pos:{channel}")
