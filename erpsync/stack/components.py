@@ -568,8 +568,16 @@ _REQUIRED_PLUGINS = (
 
 
 def load_connector_configs() -> list[dict[str, Any]]:
-    """The Debezium connector definitions, debezium/*.json ({"name", "config"})."""
-    return [json.loads(p.read_text()) for p in sorted(DEBEZIUM_DIR.glob("*.json"))]
+    """The Debezium connector definitions, debezium/*.json ({"name", "config"}).
+
+    From the source checkout, or from ./debezium when erpsync is installed as a package (the
+    container image's working directory holds a copy).
+    """
+    for directory in (DEBEZIUM_DIR, Path.cwd() / "debezium"):
+        paths = sorted(directory.glob("*.json"))
+        if paths:
+            return [json.loads(p.read_text()) for p in paths]
+    raise StackError(f"no connector definitions (debezium/*.json) in {DEBEZIUM_DIR} or {Path.cwd() / 'debezium'}")
 
 
 def connect_worker_properties(settings: Settings) -> dict[str, str]:

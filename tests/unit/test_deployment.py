@@ -93,3 +93,17 @@ def test_no_secret_literals(compose: dict[str, Any]) -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     for match in re.finditer(r"PASSWORD:\s*(\S+)", text):
         assert match.group(1).startswith("${"), match.group(0)
+
+
+def test_every_data_file_of_the_package_is_shipped() -> None:
+    """A non-editable install (the container image) must carry schemas, mappings, channels, SQL."""
+    import fnmatch  # noqa: PLC0415
+    import tomllib  # noqa: PLC0415
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["erpsync"]
+    package = ROOT / "erpsync"
+    data = [p.relative_to(package).as_posix() for p in package.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert data, "no data files found"
+    missing = [f for f in data if not any(fnmatch.fnmatch(f, g) for g in globs)]
+    assert missing == []
