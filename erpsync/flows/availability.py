@@ -6,7 +6,6 @@ one key, and the per-SKU ledger, whose held (throttled) updates are released by 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -93,7 +92,7 @@ class _LedgerLogic(StatefulBatchLogic[LedgerInput, Emit, SkuState]):
 
     def snapshot(self) -> SkuState:
         # bytewax may serialize the snapshot after later items changed the live state: hand it a copy.
-        return copy.deepcopy(self.state)
+        return self.state.copy()
 
 
 class _SecondTicker:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from erpsync.channels import Channel
@@ -292,6 +292,15 @@ class SkuState:
     views: list[int] = field(default_factory=list)
     unknown_reported: bool = False
 
+    def copy(self) -> SkuState:
+        """An independent copy (what a snapshot needs), cheap: containers copied, tuples shared."""
+        return replace(
+            self, stock=dict(self.stock),
+            commitments=None if self.commitments is None else dict(self.commitments),
+            reservations=None if self.reservations is None else dict(self.reservations),
+            positions=list(self.positions), views=list(self.views),
+        )
+
 
 LedgerInput = Emit | Commitment | Reservation
 
@@ -327,8 +336,7 @@ class SkuLedger:
 
     def due_ms(self, state: SkuState) -> int | None:
         """Event time at which a held update falls due, if any."""
-        dues = [due for due in state.views[2::4] if due]
-        return min(dues) if dues else None
+        return min((due for due in state.views[2::4] if due), default=None)
 
     def _absorb(self, st: SkuState, event: LedgerInput) -> bool:
         """Apply one input to the state; False when it is stale or a duplicate."""

@@ -232,3 +232,16 @@ def test_a_resumed_state_holding_an_update_arms_its_timer() -> None:
     resumed = _LedgerLogic(ledger, state, timers=True)
     assert resumed.notify_at() is not None
     assert _LedgerLogic(ledger, state, timers=False).notify_at() is None
+
+
+def test_a_state_copy_is_independent() -> None:
+    ledger = SkuLedger(CHANNELS)
+    state, _ = ledger.apply(None, "S1", canonical("canonical.inventory-position", ["S1", "DC-EAST"], {
+        "sku": "S1", "location": "DC-EAST", "on_hand": 5, "allocated": 0, "in_transit": 0}, "wms", 1, 1000))
+    snapshot = state.copy()
+    ledger.apply(state, "S1", canonical("canonical.inventory-position", ["S1", "DC-WEST"], {
+        "sku": "S1", "location": "DC-WEST", "on_hand": 7, "allocated": 0, "in_transit": 0}, "wms", 2, 1001))
+    ledger.apply(state, "S1", Commitment("S1", "1/1", 2, 1, "erp", "0001", 1002))
+    assert sorted(snapshot.stock) == ["DC-EAST"] and snapshot.commitments is None
+    assert snapshot.positions[0] == "" and state.positions[0] == "0001"  # the ERP position came later
+    assert snapshot.version == 1 and state.version == 3
