@@ -44,8 +44,7 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int = 1,
-           channels: Sequence[Channel] | None = None) -> Counter[str]:
+def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int = 1) -> Counter[str]:
     """Run the production dataflow over a kcat dump; returns how many records went where."""
     sink = ReplaySink(target, registry)
     streams: list[Stream[object]] = []
@@ -61,7 +60,7 @@ def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int
     def nowhere(step_id: str, stream: Stream[Emit]) -> None:
         """Availability already reaches the file as records of availability.<channel>."""
 
-    flow = build_flow(registry, load_channels() if channels is None else channels, sources=Sources(raw),
+    flow = build_flow(registry, load_channels(), sources=Sources(raw),
                       sinks=Sinks(collect, collect, collect, nowhere), live=False)
     merged: Stream[object] = op.merge("replay_all", *streams)
     op.output("replay_output", op.key_on("replay_one_writer", merged, lambda _: "out"), sink)  # type: ignore[misc]
