@@ -43,29 +43,28 @@ ITEM_TOPIC = "canonical.item"
 
 
 @dataclass(frozen=True, slots=True)
-class Commitment:
-    """What one ERP order line commits of a SKU, as of `version` of that order's state."""
+class Claim:
+    """A quantity of a SKU that something holds, as of `version` of the state that decided it."""
 
     sku: str
-    line: str  # "<order_id>/<line_no>"
+    key: str  # what holds it; unique within the claim's kind
     qty: int
     version: int
-    system: str
+    system: str  # the source system and position of the event that decided it
     position: str
     event_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """What one accepted-but-not-yet-imported channel order line reserves of a SKU."""
+class Commitment(Claim):
+    """What one ERP order line still commits (key "<order_id>/<line_no>")."""
 
-    sku: str
-    intake: str  # "<channel>/<external_order_id>/<line_no>"
-    qty: int
-    version: int
-    system: str
-    position: str
-    event_ms: int
+    __slots__ = ()
+
+
+class Reservation(Claim):
+    """What one accepted, not yet imported channel order line reserves (key "<channel>/<ext id>/<line>")."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,14 +342,12 @@ class SkuLedger:
         if isinstance(event, Commitment | Reservation):
             if isinstance(event, Commitment):
                 book = st.commitments = st.commitments or {}
-                key = event.line
             else:
                 book = st.reservations = st.reservations or {}
-                key = event.intake
-            old = book.get(key)
+            old = book.get(event.key)
             if old is not None and event.version <= old[0]:
                 return False
-            book[key] = (event.version, event.qty)
+            book[event.key] = (event.version, event.qty)
             system, position, event_ms = event.system, event.position, event.event_ms
         else:
             system, position, event_ms = _source(event)
