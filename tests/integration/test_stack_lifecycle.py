@@ -87,3 +87,14 @@ def test_failed_component_is_named_with_its_log(tmp_path: Path) -> None:
     assert "redis failed to start" in result.stderr
     assert str(tmp_path / "home" / "logs" / "redis.log") in result.stderr
     assert "Address already in use" in result.stderr  # the log's tail explains why
+
+
+def test_status_shows_components_tasks_and_slot_lag(settings) -> None:  # type: ignore[no-untyped-def]
+    result = erpsync("stack", "status")
+    assert result.returncode == 0, result.stdout
+    for component in ("redis", "postgres", "mariadb", "kafka", "connect"):
+        assert f"{component}" in result.stdout and "healthy" in result.stdout
+    assert "connector erp-postgres: RUNNING, tasks RUNNING" in result.stdout
+    assert "connector wms-mariadb: RUNNING, tasks RUNNING" in result.stdout
+    lag = [line for line in result.stdout.splitlines() if "replication slot erpsync_erp: lag" in line]
+    assert lag and int(lag[0].split("lag ")[1].split()[0]) >= 0
