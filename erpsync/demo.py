@@ -1,7 +1,8 @@
 """``erpsync demo``: what erpsync does, on the local stack, in about a minute.
 
 Starts the pipeline, makes ERP and WMS changes (one of them invalid), and shows each Debezium
-change event next to the canonical record it became, and the dead-lettered record with its reason.
+change event, the canonical record it became, the dead-lettered record with its reason, and the
+available-to-sell per channel that storefronts read from Redis.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any
 
 import psycopg
 import pymysql
+import redis
 from confluent_kafka import Consumer
 from rich.console import Console
 from rich.table import Table
 
+from erpsync.channels import load_channels
 from erpsync.records import DLQ_TOPIC
 from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
 from erpsync.settings import Settings
@@ -69,6 +72,20 @@ def _read(settings: Settings, topics: list[str], tag: str, expected: int, timeou
     return out
 
 
+def _ats(settings: Settings, sku: str, timeout_s: float) -> dict[str, int | None]:
+    """The storefront view: HGET ats:<channel> <sku> for every channel, once all have a value."""
+    store = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+    channels = [c.id for c in load_channels()]
+    deadline = time.monotonic() + timeout_s
+    values: dict[str, int | None] = {}
+    while time.monotonic() < deadline:
+        values = {c: None if (v := store.hget(f"ats:{c}", sku)) is None else int(v) for c in channels}
+        if None not in values.values() and values.get("b2b-portal") == 78:
+            break
+        time.sleep(0.3)
+    return values
+
+
 def run_demo(settings: Settings, registry: SchemaRegistry, console: Console | None = None) -> int:
     console = console or Console()
     tag = f"DEMO{secrets.token_hex(2).upper()}"
@@ -113,12 +130,22 @@ def run_demo(settings: Settings, registry: SchemaRegistry, console: Console | No
             headers = {k: v.decode() for k, v in (msg.headers() or [])}
             table.add_row(f"{headers.get('topic')}@{headers.get('offset')}", headers.get("reason", "?"))
         console.print(table)
+
+        ats = _ats(settings, f"SKU-{tag}", timeout_s=60)
+        table = Table(title=f"4. Available-to-sell of SKU-{tag} (Redis HGET ats:<channel>, what storefronts read)")
+        for col in ("channel", "ats", "how"):
+            table.add_column(col)
+        for channel, ats_value in ats.items():
+            how = {"marketplace": "DC-EAST only, 80% share", "inside-sales": "all locations + in transit"}.get(
+                channel, "all locations")
+            table.add_row(channel, str(ats_value), f"(on hand 95 - allocated 5) - safety stock 12, {how}")
+        console.print(table)
     finally:
         pipeline.send_signal(signal.SIGINT)
         try:
             pipeline.wait(20)
         except subprocess.TimeoutExpired:
             pipeline.kill()
-    ok = len(raw) >= 6 and len(canonical) >= 5 and len(dead) >= 1
+    ok = len(raw) >= 6 and len(canonical) >= 5 and len(dead) >= 1 and None not in ats.values()
     console.rule("[green]demo complete" if ok else "[red]demo incomplete: see " + str(work / "run.log"))
     return 0 if ok else 1

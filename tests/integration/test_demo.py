@@ -15,3 +15,6 @@ def test_demo_runs_to_the_end(settings) -> None:  # type: ignore[no-untyped-def]
     assert "demo complete" in out
     assert "canonical.inventory-position" in out and "canonical.item" in out
     assert "unknown value 'misplaced'" in out  # the invalid WMS row reached the DLQ with its reason
+    ats = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines()
+           if line.count("│") >= 4 and line.split("│")[1].strip() in ("b2b-portal", "marketplace", "inside-sales")}
+    assert ats == {"b2b-portal": "78", "marketplace": "62", "inside-sales": "78"}
