@@ -89,6 +89,7 @@ class Component:
     def __post_init__(self) -> None:
         self.home = self.settings.stack.home / self.name
         self.home.mkdir(parents=True, exist_ok=True)
+        self.process: subprocess.Popen[bytes] | None = None  # set when this run started it
 
     # What the component's process runs: a pid file naming another program is stale.
     program = ""
@@ -132,12 +133,18 @@ class Component:
         self.launch()
         self._wait_healthy()
 
+    def _alive(self) -> bool:
+        """Our process runs: the child we just started, if any (its exit status is authoritative)."""
+        if self.process is not None:
+            return self.process.poll() is None
+        return self.running()
+
     def _wait_healthy(self) -> None:
         # Healthy *and ours*: a stray server answering on the port must not pass for this component.
-        ok = wait_until(lambda: self.running() and self.healthy(),
-                        timeout_s=self.settings.stack.start_timeout_s, alive=self.running)
+        ok = wait_until(lambda: self._alive() and self.healthy(),
+                        timeout_s=self.settings.stack.start_timeout_s, alive=self._alive)
         if not ok:
-            state = "is running but not healthy" if self.running() else "exited"
+            state = "is running but not healthy" if self._alive() else "exited"
             raise StackError(
                 f"{self.name} failed to start ({state}; endpoint {self.endpoint}); "
                 f"see its log {self.log_file}\n--- last lines ---\n{tail(self.log_file)}"
@@ -177,7 +184,7 @@ class Redis(Component):
             return False
 
     def launch(self) -> None:
-        spawn(
+        self.process = spawn(
             [
                 "redis-server",
                 "--bind", self.settings.redis.host,
@@ -379,7 +386,7 @@ class MariaDB(Component):
                 log_file=self.log_file,
             )
         _chown(self.home, "mysql")
-        spawn(
+        self.process = spawn(
             [
                 "mariadbd", "--no-defaults", "--user=mysql",
                 f"--datadir={self.data}",
@@ -507,8 +514,8 @@ class Kafka(Component):
                 what="kafka (storage format)",
                 log_file=self.log_file,
             )
-        spawn(self._java("kafka.Kafka", str(props), heap=self.settings.stack.kafka_heap),
-              log_file=self.log_file, pid_file=self.pid_file)
+        self.process = spawn(self._java("kafka.Kafka", str(props), heap=self.settings.stack.kafka_heap),
+                             log_file=self.log_file, pid_file=self.pid_file)
 
 
 class Connect(Kafka):
@@ -537,7 +544,7 @@ class Connect(Kafka):
         props = self.home / "connect-distributed.properties"
         worker = connect_worker_properties(self.settings)
         props.write_text("".join(f"{k}={v}\n" for k, v in worker.items()))
-        spawn(
+        self.process = spawn(
             self._java("org.apache.kafka.connect.cli.ConnectDistributed", str(props),
                        heap=self.settings.stack.connect_heap),
             log_file=self.log_file,
