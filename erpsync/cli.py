@@ -60,8 +60,7 @@ def _connectors_apply(settings: Settings, args: argparse.Namespace) -> int:
     client = ConnectClient(settings.connect.url)
     for connector in load_connector_configs():
         client.apply(connector)
-        client.wait_running(connector["name"], timeout_s=settings.stack.start_timeout_s,
-                            log_file=Path("(the Kafka Connect worker's log)"))
+        client.wait_running(connector["name"], timeout_s=settings.stack.start_timeout_s)
         print(f"connector {connector['name']}: RUNNING")
     return 0
 

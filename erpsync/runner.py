@@ -89,9 +89,8 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     heartbeats = [f"{HEARTBEAT_PREFIX}.{system}" for system in
                   sorted({m.system for m in canonicalizer.mappings.by_topic.values()})]
     topics = raw_topics + heartbeats
-    kafka.ensure_topics(settings, topics)
-    kafka.ensure_topics(settings, [e.topic for e in registry.entities().values()])
-    kafka.ensure_topics(settings, [DLQ_TOPIC, EXCEPTIONS_TOPIC])
+    kafka.ensure_topics(settings, [*topics, *(e.topic for e in registry.entities().values()), DLQ_TOPIC,
+                                   EXCEPTIONS_TOPIC])
     kafka.ensure_topics(settings, [c.topic for c in channels], {"cleanup.policy": "compact"})
     ops_db.migrate(settings)
     serialize = channel_serializer(channels, make_value_serializer(registry, settings.kafka.schema_registry_url))

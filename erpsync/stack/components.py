@@ -451,10 +451,6 @@ class Kafka(Component):
     def endpoint(self) -> str:
         return self.settings.kafka.bootstrap_servers
 
-    @property
-    def jvm(self) -> Path:
-        return self.settings.stack.home / "jvm"
-
     def healthy(self) -> bool:
         from confluent_kafka.admin import AdminClient  # noqa: PLC0415 - heavy import, only when used
 
@@ -496,35 +492,28 @@ class Kafka(Component):
         )
         return props
 
-    def _java(self, main: str, *args: str, heap: str) -> list[str]:
-        return [
-            "java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.settings.stack.home / 'log4j2.properties'}",
-            "-cp", str(self.jvm / "lib" / "*"), main, *args,
-        ]
-
     def launch(self) -> None:
         _write_log4j(self.settings.stack.home / "log4j2.properties")
         props = self._write_config()
         if not (self.data / "meta.properties").exists():
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
             run(
-                self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
-                           heap="256m"),
+                _java(self.settings, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+                      heap="256m"),
                 what="kafka (storage format)",
                 log_file=self.log_file,
             )
-        self.process = spawn(self._java("kafka.Kafka", str(props), heap=self.settings.stack.kafka_heap),
+        self.process = spawn(_java(self.settings, "kafka.Kafka", str(props), heap=self.settings.stack.kafka_heap),
                              log_file=self.log_file, pid_file=self.pid_file)
 
 
-class Connect(Kafka):
+class Connect(Component):
     """Kafka Connect distributed worker with the Debezium PostgreSQL and MariaDB plugins."""
 
     program = "ConnectDistributed"
 
     def __init__(self, settings: Settings) -> None:
-        Component.__init__(self, settings, "connect")
+        super().__init__(settings, "connect")
 
     @property
     def endpoint(self) -> str:
@@ -545,7 +534,7 @@ class Connect(Kafka):
         worker = connect_worker_properties(self.settings)
         props.write_text("".join(f"{k}={v}\n" for k, v in worker.items()))
         self.process = spawn(
-            self._java("org.apache.kafka.connect.cli.ConnectDistributed", str(props),
+            _java(self.settings, "org.apache.kafka.connect.cli.ConnectDistributed", str(props),
                        heap=self.settings.stack.connect_heap),
             log_file=self.log_file,
             pid_file=self.pid_file,
@@ -628,6 +617,15 @@ def connector_env(settings: Settings) -> dict[str, str]:
         })
     env["ERPSYNC_KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka.bootstrap_servers
     return env
+
+
+def _java(settings: Settings, main: str, *args: str, heap: str) -> list[str]:
+    """A JVM command line on the Kafka/Connect classpath fetched by debezium/pom.xml."""
+    return [
+        "java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={settings.stack.home / 'log4j2.properties'}",
+        "-cp", str(settings.stack.home / "jvm" / "lib" / "*"), main, *args,
+    ]
 
 
 def _write_log4j(path: Path) -> None:

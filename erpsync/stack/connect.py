@@ -54,7 +54,7 @@ class ConnectClient:
             }
         return out
 
-    def wait_running(self, name: str, *, timeout_s: float, log_file: Path) -> None:
+    def wait_running(self, name: str, *, timeout_s: float, log_file: Path | None = None) -> None:
         """Wait until the connector and all its tasks are RUNNING; fail fast on FAILED."""
         deadline = time.monotonic() + timeout_s
         last: dict[str, Any] | None = None
@@ -66,12 +66,16 @@ class ConnectClient:
                     traces = [t.get("trace", "") for t in [last["connector"], *last.get("tasks", [])]]
                     first = next((t.splitlines()[0] for t in traces if t), "no trace")
                     raise StackError(
-                        f"connector {name} FAILED: {first}; see the connect log {log_file}"
+                        f"connector {name} FAILED: {first}; see {_where(log_file)}"
                     )
                 if last.get("tasks") and all(s == "RUNNING" for s in states):
                     return
             time.sleep(1)
         raise StackError(
             f"connector {name} not RUNNING after {timeout_s:.0f}s (last status {last}); "
-            f"see the connect log {log_file}\n{tail(log_file)}"
+            f"see {_where(log_file)}" + (f"\n{tail(log_file)}" if log_file else "")
         )
+
+
+def _where(log_file: Path | None) -> str:
+    return f"the connect log {log_file}" if log_file else "the Kafka Connect worker's log"

@@ -26,6 +26,7 @@ from typing import Any
 
 from erpsync.channels import Channel
 from erpsync.records import EXCEPTIONS_TOPIC, Emit
+from erpsync.state import newer
 
 AVAILABILITY_SCHEMA = "io.erpsync.Availability"
 # Source systems whose positions an Availability reflects; the order of Redis/ops-db fences.
@@ -133,13 +134,13 @@ class OrderLines:
         v = event.value
         deleted = v["op"] == "delete"
         if event.topic == ORDER_TOPIC:
-            if st.header is not None and position <= st.header[0]:
+            if not newer(st.header, position):
                 return st, []
             st.header = (position, None if deleted else v["status"])
         elif event.topic == ORDER_LINE_TOPIC:
             line_no = v["line_no"]
             old = st.lines.get(line_no)
-            if old is not None and position <= old[0]:
+            if not newer(old, position):
                 return st, []
             if deleted:
                 st.lines[line_no] = (position, old[1] if old else "", 0, None)
@@ -148,7 +149,7 @@ class OrderLines:
         elif event.topic == ALLOCATION_TOPIC:
             alloc_id = v["allocation_id"]
             old_a = st.allocations.get(alloc_id)
-            if old_a is not None and position <= old_a[0]:
+            if not newer(old_a, position):
                 return st, []
             if deleted:
                 st.allocations[alloc_id] = (position, old_a[1] if old_a else -1, 0, None)
@@ -354,13 +355,12 @@ class SkuLedger:
             v = event.value
             deleted = v["op"] == "delete"
             if event.topic == INVENTORY_TOPIC:
-                old_s = st.stock.get(v["location"])
-                if old_s is not None and position <= old_s[0]:
+                if not newer(st.stock.get(v["location"]), position):
                     return False
                 st.stock[v["location"]] = (position, 0, 0, 0) if deleted else (
                     position, v["on_hand"], v["allocated"], v["in_transit"])
             elif event.topic == ITEM_TOPIC:
-                if st.item is not None and position <= st.item[0]:
+                if not newer(st.item, position):
                     return False
                 st.item = (position, 0, "absent") if deleted else (position, v["safety_stock"], v["status"])
             else:

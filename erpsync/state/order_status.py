@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from erpsync.records import Emit
+from erpsync.state import newer
 
 ORDER_STATUS_SCHEMA = "io.erpsync.OrderStatus"
 SHIPPED_STATES = frozenset({"dispatched", "delivered"})
@@ -53,29 +54,29 @@ class OrderFacts:
         position, deleted = src["position"], v["op"] == "delete"
         topic = event.topic
         if topic == "canonical.order":
-            if self.header is not None and position <= self.header[0]:
+            if not newer(self.header, position):
                 return False
             self.header = (position, v["order_id"], "deleted" if deleted else v["status"])
         elif topic == "canonical.order-line":
-            if not _newer(self.lines.get(v["line_no"]), position):
+            if not newer(self.lines.get(v["line_no"]), position):
                 return False
             if deleted:
                 self.lines[v["line_no"]] = (position, "", 0, "deleted")
             else:
                 self.lines[v["line_no"]] = (position, v["sku"], v["qty"], v["status"])
         elif topic == "canonical.allocation":
-            if not _newer(self.allocations.get(v["allocation_id"]), position):
+            if not newer(self.allocations.get(v["allocation_id"]), position):
                 return False
             self.allocations[v["allocation_id"]] = (position, v["line_no"], v["qty"] or 0,
                                                     "deleted" if deleted else v["status"])
         elif topic == "canonical.shipment":
-            if not _newer(self.shipments.get(v["shipment_id"]), position):
+            if not newer(self.shipments.get(v["shipment_id"]), position):
                 return False
             self.shipments[v["shipment_id"]] = (position, v["carrier"] or "", v["tracking_no"],
                                                 "deleted" if deleted else v["status"])
         elif topic == "canonical.shipment-line":
             key = (v["shipment_id"], v["line_no"])
-            if not _newer(self.shipment_lines.get(key), position):
+            if not newer(self.shipment_lines.get(key), position):
                 return False
             self.shipment_lines[key] = (position, 0 if deleted else v["qty"])
         elif topic == "canonical.invoice":
@@ -90,10 +91,6 @@ class OrderFacts:
             return False
         self.last_fact_ms = max(self.last_fact_ms, int(src["commit_ts_ms"]))
         return True
-
-
-def _newer(row: tuple[Any, ...] | None, position: str) -> bool:
-    return row is None or position > row[0]
 
 
 def derive(facts: OrderFacts, channel: str, external_order_id: str) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
 from erpsync import stack
+from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
 from erpsync.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -134,6 +135,29 @@ def read_to_end(settings: Settings, topics: list[str], timeout_s: float = 60,
             yield msg
     finally:
         consumer.close()
+
+
+def read_canonical(settings: Settings, registry: SchemaRegistry, topics: list[str], keys: set[str],
+                   expected: int, timeout_s: float = 60) -> list[tuple[str, str, dict[str, Any]]]:
+    """(topic, key, decoded value) of every canonical record for `keys`, until `expected` arrived."""
+    deserialize = make_value_deserializer(registry, None)
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": unique("canon"),
+                         "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 1000})
+    consumer.subscribe(topics)
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            key = (msg.key() or b"").decode()
+            if key in keys:
+                name, value = deserialize(msg.topic() or "", msg.value() or b"")
+                out.append((msg.topic() or "", key, value))
+    finally:
+        consumer.close()
+    return out
 
 
 class TopicReader:

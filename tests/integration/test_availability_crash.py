@@ -18,10 +18,8 @@ import redis
 from erpsync.schemas.registry import SchemaRegistry
 from erpsync.settings import Settings
 
-from .conftest import Pipeline, unique
-from .test_availability_live import latest_on_topics, seed, wait_for_truth
-from .test_canonical_live import read_canonical
-from .truth import redis_values, truth
+from .conftest import Pipeline, read_canonical, unique
+from .truth import latest_on_topics, redis_values, seed, truth, wait_for_truth
 
 
 def test_kill_9_and_restart_never_goes_backwards(settings: Settings, erp, wms, store: redis.Redis,  # type: ignore[no-untyped-def]

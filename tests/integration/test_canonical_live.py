@@ -6,41 +6,15 @@ Also checks that `erpsync replay` over a dump of the same raw records gives the 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer
-
 from erpsync.connectors.files import to_json
 from erpsync.runner import replay
-from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
+from erpsync.schemas.registry import SchemaRegistry
 from erpsync.settings import Settings
 
-from .conftest import read_to_end, unique
-
-
-def read_canonical(settings: Settings, registry: SchemaRegistry, topics: list[str], keys: set[str],
-                   expected: int, timeout_s: float = 60) -> list[tuple[str, str, dict[str, Any]]]:
-    """(topic, key, decoded value) of every canonical record for `keys`, until `expected` arrived."""
-    deserialize = make_value_deserializer(registry, None)
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": unique("canon"),
-                         "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 1000})
-    consumer.subscribe(topics)
-    out: list[tuple[str, str, dict[str, Any]]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(out) < expected and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            key = (msg.key() or b"").decode()
-            if key in keys:
-                name, value = deserialize(msg.topic() or "", msg.value() or b"")
-                out.append((msg.topic() or "", key, value))
-    finally:
-        consumer.close()
-    return out
+from .conftest import read_canonical, read_to_end, unique
 
 
 def test_changes_reach_canonical_topics_in_order(pipeline, settings, erp, wms, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -1,14 +1,22 @@
-"""ATS recomputed straight from the systems of record (SQL), with the tests' independent formula."""
+"""ATS recomputed straight from the systems of record (SQL), with the tests' independent formula,
+and what Redis and the availability topics say, to compare with it."""
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import psycopg
 import pymysql
+import redis
 
+from erpsync.channels import load_channels
+from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
 from erpsync.settings import Settings
 from tests.unit.test_ats_properties import CHANNELS, World, expected_ats
+
+from .conftest import read_to_end
 
 
 def world_from_sources(settings: Settings, skus: list[str]) -> World:
@@ -56,3 +64,35 @@ def redis_values(client: Any, skus: list[str]) -> dict[tuple[str, str], int | No
         for sku, raw in zip(skus, client.hmget(f"ats:{c.id}", skus), strict=True):
             out[(c.id, sku)] = None if raw is None else int(raw)
     return out
+
+
+def wait_for_truth(settings: Settings, store: redis.Redis, skus: list[str], timeout_s: float = 120) -> dict[Any, Any]:
+    expected = truth(settings, skus)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if redis_values(store, skus) == expected:
+            return expected
+        time.sleep(0.2)
+    assert redis_values(store, skus) == expected
+    return expected
+
+
+def latest_on_topics(settings: Settings, skus: set[str], since_ms: int) -> dict[tuple[str, str], int]:
+    deserialize = make_value_deserializer(SchemaRegistry.load(), None)
+    latest: dict[tuple[str, str], int] = {}
+    for msg in read_to_end(settings, [c.topic for c in load_channels()], since_ms=since_ms):
+        sku = (msg.key() or b"").decode()
+        if sku in skus:
+            raw = msg.value() or b""
+            value = json.loads(raw) if raw[:1] == b"{" else deserialize(msg.topic() or "", raw)[1]
+            latest[(value["channel"], sku)] = value["ats"]
+    return latest
+
+
+def seed(erp: Any, wms: Any, skus: list[str]) -> None:
+    for sku in skus:
+        erp.execute("INSERT INTO erp.items (sku, description, safety_stock) VALUES (%s, 'ats test', 2)", (sku,))
+    with wms.cursor() as cur:
+        for sku in skus:
+            cur.execute("INSERT INTO inventory_balances (sku, location, on_hand, allocated) VALUES "
+                        "(%s, 'DC-EAST', 50, 5), (%s, 'DC-WEST', 20, 0)", (sku, sku))
