@@ -26,7 +26,7 @@ from bytewax.testing import TestingSource
 
 from bench.canonicalize import _Count
 from erpsync.channels import load_channels
-from erpsync.flows.availability import availability
+from erpsync.flows.availability import availability, commitments
 from erpsync.records import Emit
 from erpsync.runner import tune_gc
 
@@ -65,7 +65,7 @@ def run(skus: int, updates: int, *, materialize: bool) -> tuple[float, int]:
     flow = Dataflow("bench_availability")
     source = list(events(skus, updates)) if materialize else events(skus, updates)
     canonical = op.input("inp", flow, TestingSource(source, batch_size=1000))
-    op.output("count", availability(canonical, None, load_channels()), counter)
+    op.output("count", availability(canonical, commitments(canonical), None, load_channels()), counter)
     tune_gc()
     start = time.perf_counter()
     cli_main(flow, workers_per_process=1)

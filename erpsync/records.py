@@ -15,6 +15,7 @@ class RawRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int = 0  # the record's Kafka timestamp (0: not known)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,17 +19,21 @@ from bytewax.run import cli_main
 
 from erpsync.channels import Channel, load_channels
 from erpsync.connectors import kafka, ops_db
+from erpsync.connectors.erp_intake import IntakeWriter
 from erpsync.connectors.files import DumpSource, ReplaySink
 from erpsync.connectors.kafka import Serializer
 from erpsync.connectors.metrics import IgnoredCounter
-from erpsync.connectors.ops_db import AvailabilitySink
+from erpsync.connectors.ops_db import AvailabilitySink, OrderStatusSink
 from erpsync.connectors.redis import AtsSink
 from erpsync.flows.canonicalize import make_canonicalizer
-from erpsync.flows.pipeline import Sinks, Sources, build_flow
+from erpsync.flows.orders import COMMERCE_ORDERS_TOPIC
+from erpsync.flows.pipeline import Sinks, Sources, build_flow, replay_sinks
 from erpsync.records import DLQ_TOPIC, EXCEPTIONS_TOPIC, DeadLetter, Emit, RawRecord
 from erpsync.schemas.registry import SchemaRegistry, make_value_serializer
 from erpsync.settings import Settings
 from erpsync.state.changes import HEARTBEAT_PREFIX
+from erpsync.state.intake import ORDER_INTAKE_OUT_TOPIC
+from erpsync.state.sla import Slas
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,8 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int = 1) -> Counter[str]:
+def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int = 1,
+           slas: Slas | None = None) -> Counter[str]:
     """Run the production dataflow over a kcat dump; returns how many records went where."""
     sink = ReplaySink(target, registry)
     streams: list[Stream[object]] = []
@@ -57,11 +62,8 @@ def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int
     def collect(step_id: str, stream: Stream[object]) -> None:
         streams.append(stream)
 
-    def nowhere(step_id: str, stream: Stream[Emit]) -> None:
-        """Availability already reaches the file as records of availability.<channel>."""
-
-    flow = build_flow(registry, load_channels(), sources=Sources(raw),
-                      sinks=Sinks(collect, collect, collect, nowhere), live=False)
+    flow = build_flow(registry, load_channels(), sources=Sources(raw), sinks=replay_sinks(collect),
+                      slas=slas, live=False)
     merged: Stream[object] = op.merge("replay_all", *streams)
     op.output("replay_output", op.key_on("replay_one_writer", merged, lambda _: "out"), sink)  # type: ignore[misc]
     tune_gc()
@@ -88,10 +90,11 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     raw_topics = canonicalizer.mappings.topics + sorted(canonicalizer.mappings.ignored_topics)
     heartbeats = [f"{HEARTBEAT_PREFIX}.{system}" for system in
                   sorted({m.system for m in canonicalizer.mappings.by_topic.values()})]
-    topics = raw_topics + heartbeats
+    topics = [*raw_topics, *heartbeats, COMMERCE_ORDERS_TOPIC]
     kafka.ensure_topics(settings, [*topics, *(e.topic for e in registry.entities().values()), DLQ_TOPIC,
-                                   EXCEPTIONS_TOPIC])
-    kafka.ensure_topics(settings, [c.topic for c in channels], {"cleanup.policy": "compact"})
+                                   EXCEPTIONS_TOPIC, ORDER_INTAKE_OUT_TOPIC])
+    kafka.ensure_topics(settings, [*(c.topic for c in channels), *(c.order_status_topic for c in channels)],
+                        {"cleanup.policy": "compact"})
     ops_db.migrate(settings)
     serialize = channel_serializer(channels, make_value_serializer(registry, settings.kafka.schema_registry_url))
     kafka_off = {c.topic for c in channels if not c.outputs.kafka}
@@ -112,8 +115,10 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
         dead_letters=lambda step_id, s: kafka.dlq_output(step_id, s, settings),
         ignored=lambda step_id, s: op.output(step_id, s, IgnoredCounter()),
         availability=stores,
+        order_intake=lambda step_id, s: op.output(step_id, s, IntakeWriter(settings)),
+        order_status=lambda step_id, s: op.output(step_id, s, OrderStatusSink(settings)),
     )
-    flow = build_flow(registry, channels, sources=Sources(raw), sinks=sinks)
+    flow = build_flow(registry, channels, sources=Sources(raw), sinks=sinks, slas=settings.flows.slas())
     recovery = settings.recovery_dir
     if not recovery.exists():
         recovery.mkdir(parents=True)

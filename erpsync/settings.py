@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from erpsync.state.sla import Slas
+
 _FROZEN = ConfigDict(frozen=True)
 
 
@@ -87,6 +89,14 @@ class FlowSettings(BaseModel):
     snapshot_interval_s: float = 5.0
     # Default: <stack home>/recovery.
     recovery_dir: Path | None = None
+    # Order SLAs on event time (spec section 9): accepted -> allocated, ERP/WMS disagreement grace,
+    # return received -> credit memo.
+    allocation_sla_s: float = 4 * 3600
+    status_grace_s: float = 15 * 60
+    credit_sla_s: float = 72 * 3600
+
+    def slas(self) -> Slas:
+        return Slas(int(self.allocation_sla_s * 1000), int(self.status_grace_s * 1000), int(self.credit_sla_s * 1000))
 
 
 class Settings(BaseSettings):

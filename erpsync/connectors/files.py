@@ -32,6 +32,7 @@ def parse_dump_line(line: bytes, line_no: int, path: str) -> RawRecord | DeadLet
             str(doc["topic"]), int(doc.get("partition", 0)), int(doc["offset"]),
             None if key is None else key.encode(),
             None if payload is None else payload.encode(),
+            int(doc.get("ts") or 0),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
         raw = RawRecord(f"replay:{path}", 0, line_no, None, line.rstrip(b"\n"))

@@ -39,7 +39,8 @@ def raw_input(
 
 
 def _to_raw(msg: KafkaSourceMessage[bytes | None, bytes | None]) -> RawRecord:
-    return RawRecord(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key, msg.value)
+    ts = msg.timestamp[1] if msg.timestamp and msg.timestamp[0] else 0  # type 0: not available
+    return RawRecord(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key, msg.value, ts)
 
 
 def _error_to_dead_letter(err: KafkaError[bytes | None, bytes | None]) -> DeadLetter:

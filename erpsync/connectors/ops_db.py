@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from psycopg.types.json import Jsonb
 
 from erpsync.records import Emit
 from erpsync.settings import Settings
@@ -94,6 +95,43 @@ class _AvailabilityPartition(StatelessSinkPartition[Emit]):
         with self.conn.cursor() as cur:
             cur.executemany(_UPSERT_AVAILABILITY, [availability_row(e.value) for e in items])
         self.conn.commit()  # before the batch is acknowledged, so before the next snapshot
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_UPSERT_ORDER_STATUS = """
+INSERT INTO sync.order_status AS o (channel, external_order_id, order_id, status, reasons, lines, carriers,
+    tracking_numbers, last_fact_ms, version)
+VALUES (%(channel)s, %(external_order_id)s, %(order_id)s, %(status)s, %(reasons)s, %(lines)s, %(carriers)s,
+    %(tracking_numbers)s, %(last_fact_ms)s, %(version)s)
+ON CONFLICT (channel, external_order_id) DO UPDATE SET
+    order_id = excluded.order_id, status = excluded.status, reasons = excluded.reasons, lines = excluded.lines,
+    carriers = excluded.carriers, tracking_numbers = excluded.tracking_numbers,
+    last_fact_ms = excluded.last_fact_ms, version = excluded.version, written_at = now()
+WHERE o.version < excluded.version
+"""
+
+
+class OrderStatusSink(DynamicSink[Emit]):
+    """Upserts OrderStatus records into sync.order_status, fenced by the status version."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _OrderStatusPartition:
+        return _OrderStatusPartition(connect(self.settings))
+
+
+class _OrderStatusPartition(StatelessSinkPartition[Emit]):
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def write_batch(self, items: list[Emit]) -> None:
+        rows = [{**e.value, "lines": Jsonb(e.value["lines"])} for e in items]
+        with self.conn.cursor() as cur:
+            cur.executemany(_UPSERT_ORDER_STATUS, rows)
+        self.conn.commit()
 
     def close(self) -> None:
         self.conn.close()

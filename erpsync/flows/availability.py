@@ -1,7 +1,8 @@
-"""Canonical events (+ accepted intakes) -> Availability per SKU and channel, and exceptions.
+"""Canonical events (+ intake reservations) -> Availability per SKU and channel, and exceptions.
 
-Three keyed steps (see ``erpsync.state.ats``): order lines by ERP order id, pending intakes under
-one key, and the per-SKU ledger, whose held (throttled) updates are released by a timer.
+Two keyed steps (see ``erpsync.state.ats``): order lines by ERP order id (-> commitments, also
+used by the orders flow) and the per-SKU ledger, whose held (throttled) updates are released by a
+timer. Reservations come from the orders flow's intake desk, which holds the pending intakes.
 """
 
 from __future__ import annotations
@@ -19,15 +20,12 @@ from erpsync.state.ats import (
     ALLOCATION_TOPIC,
     INVENTORY_TOPIC,
     ITEM_TOPIC,
-    ORDER_INTAKE_TOPIC,
     ORDER_LINE_TOPIC,
     ORDER_TOPIC,
     Commitment,
-    IntakeAccepted,
     LedgerInput,
     OrderLines,
     Reservation,
-    Reservations,
     SkuLedger,
     SkuState,
     Tick,
@@ -35,7 +33,6 @@ from erpsync.state.ats import (
 )
 
 _ORDER_FACTS = frozenset({ORDER_TOPIC, ORDER_LINE_TOPIC, ALLOCATION_TOPIC})
-_INTAKE_FACTS = frozenset({ORDER_TOPIC, ORDER_INTAKE_TOPIC})
 _SKU_FACTS = frozenset({INVENTORY_TOPIC, ITEM_TOPIC})
 
 
@@ -95,7 +92,7 @@ class _LedgerLogic(StatefulBatchLogic[LedgerInput, Emit, SkuState]):
         return self.state.copy()
 
 
-class _SecondTicker:
+class SecondTicker:
     """Forwards a Tick when this worker first sees a new second of event time.
 
     Its memory is not recovered: after a restart the first tick is sent again, which changes nothing.
@@ -122,31 +119,26 @@ def _sku(item: LedgerInput) -> str:
     return str(item.value["sku"])
 
 
-def availability(canonical: Stream[Emit], accepted: Stream[IntakeAccepted] | None,
+def commitments(canonical: Stream[Emit]) -> Stream[Commitment]:
+    """What each open ERP order line still commits, per line, when it changes."""
+    order_facts = op.filter("avail_order_facts", canonical, lambda e: e.topic in _ORDER_FACTS)
+    order_lines = OrderLines()
+    return op.key_rm("avail_commitments", op.stateful_flat_map(
+        "avail_order_lines", op.key_on("avail_by_order", order_facts, _order_id), order_lines.apply))
+
+
+def availability(canonical: Stream[Emit], committed: Stream[Commitment], reservations: Stream[Reservation] | None,
                  channels: Sequence[Channel], *, live: bool = True) -> Stream[Emit]:
-    """Availability updates and exceptions, from canonical events and accepted channel orders.
+    """Availability updates and exceptions, from canonical events, commitments and intake reservations.
 
     live=False (replay): no wall-clock timers; held updates are released by later events and at
     the end of input, in event time only, so two replays of a dump publish the same records.
     """
-    order_facts = op.filter("avail_order_facts", canonical, lambda e: e.topic in _ORDER_FACTS)
-    order_lines = OrderLines()
-    commitments = op.key_rm("avail_commitments", op.stateful_flat_map(
-        "avail_order_lines", op.key_on("avail_by_order", order_facts, _order_id), order_lines.apply))
-
-    intake_facts = op.filter("avail_intake_facts", canonical, lambda e: e.topic in _INTAKE_FACTS)
-    reservations = Reservations(channels)
-    ticks = op.filter_map("avail_ticks", canonical, _SecondTicker())
-    intake_in: Stream[IntakeAccepted | Emit | Tick] = op.merge(
-        "avail_intake_in", intake_facts, ticks, *([] if accepted is None else [accepted]))
-    reserved = op.key_rm("avail_reservations", op.stateful_flat_map(
-        "avail_pending_intakes", op.key_on("avail_one_key", intake_in, lambda _: "intake"), reservations.apply))
-    reserved_split = op.branch("avail_reservation_or_exception", reserved, lambda r: isinstance(r, Reservation))
-
     sku_facts = op.filter("avail_sku_facts", canonical, lambda e: e.topic in _SKU_FACTS)
-    ledger_in = op.merge("avail_ledger_in", sku_facts, commitments, reserved_split.trues)
+    ledger_in: Stream[LedgerInput] = op.merge(
+        "avail_ledger_in", sku_facts, committed, *([] if reservations is None else [reservations]))
     ledger = SkuLedger(channels)
     published = op.stateful_batch(
         "avail_ledger", op.key_on("avail_by_sku", ledger_in, _sku),
         lambda resume: _LedgerLogic(ledger, resume, live))
-    return op.merge("avail_out", op.key_rm("avail_unkey", published), reserved_split.falses)
+    return op.key_rm("avail_unkey", published)

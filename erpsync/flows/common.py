@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
+from bytewax.operators import StatefulBatchLogic
 
 from erpsync.records import DeadLetter, Emit, Ignored, Outcome
 
@@ -23,3 +26,27 @@ def split(step_id: str, up: Stream[Outcome]) -> Outcomes:
     emits = op.branch(f"{step_id}_is_emit", up, lambda o: isinstance(o, Emit))
     rest = op.branch(f"{step_id}_is_dead_letter", emits.falses, lambda o: isinstance(o, DeadLetter))
     return Outcomes(emits.trues, rest.trues, rest.falses)  # type: ignore[arg-type]
+
+
+def reduce(step_id: str, up: Stream[tuple[str, Any]], apply: Callable[[Any, Any], tuple[Any, list[Any]]],
+           copy: Callable[[Any], Any]) -> Stream[Any]:
+    """Run a pure reducer ``apply(state, value) -> (state, outputs)`` per key, a batch at a time.
+
+    ``copy`` makes the snapshot: bytewax may serialize it after later items changed the live state.
+    """
+
+    class Logic(StatefulBatchLogic[Any, Any, Any]):
+        def __init__(self, resume: Any) -> None:
+            self.state = resume
+
+        def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+            out: list[Any] = []
+            for value in values:
+                self.state, outs = apply(self.state, value)
+                out.extend(outs)
+            return out, StatefulBatchLogic.RETAIN
+
+        def snapshot(self) -> Any:
+            return copy(self.state)
+
+    return op.key_rm(f"{step_id}_unkey", op.stateful_batch(step_id, up, Logic))

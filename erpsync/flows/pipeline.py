@@ -14,11 +14,15 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
 from erpsync.channels import Channel
-from erpsync.flows.availability import availability
+from erpsync.flows.availability import availability, commitments
 from erpsync.flows.canonicalize import canonicalize, make_canonicalizer
+from erpsync.flows.orders import COMMERCE_ORDERS_TOPIC, orders
 from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
 from erpsync.schemas.registry import SchemaRegistry
 from erpsync.state.ats import AVAILABILITY_SCHEMA
+from erpsync.state.intake import ACCEPTED_ORDER_SCHEMA
+from erpsync.state.order_status import ORDER_STATUS_SCHEMA
+from erpsync.state.sla import Slas
 
 
 @dataclass(frozen=True)
@@ -36,18 +40,37 @@ class Sinks:
     dead_letters: Callable[[str, Stream[DeadLetter]], None]
     ignored: Callable[[str, Stream[Ignored]], None]
     availability: Callable[[str, Stream[Emit]], None]  # Availability records, for the stores storefronts read
+    order_intake: Callable[[str, Stream[Emit]], None]  # accepted orders, for the ERP's erp.order_intake
+    order_status: Callable[[str, Stream[Emit]], None]  # OrderStatus records, for the ops database
+
+
+def _nowhere(step_id: str, stream: Stream[Emit]) -> None:
+    """A store replay does not have; its records still reach the output as topic records."""
+
+
+def replay_sinks(collect: Callable[[str, Stream[object]], None]) -> Sinks:
+    """Every record to one collector; the stores (Redis, databases) are not written."""
+    return Sinks(collect, collect, collect, _nowhere, _nowhere, _nowhere)
 
 
 def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources: Sources, sinks: Sinks,
-               live: bool = True) -> Dataflow:
+               slas: Slas | None = None, live: bool = True) -> Dataflow:
     """live=False for replay: event time only, no wall-clock timers (see flows.availability)."""
     flow = Dataflow("erpsync")
     raw, unreadable = sources.raw(flow)
-    canon = canonicalize(raw, make_canonicalizer(registry))
-    derived = availability(canon.emits, None, channels, live=live)
-    sinks.emits("out_emits", op.merge("all_emits", canon.emits, derived))
+    channel_orders = op.branch("is_channel_order", raw, lambda r: r.topic == COMMERCE_ORDERS_TOPIC)
+    canon = canonicalize(channel_orders.falses, make_canonicalizer(registry))
+    committed = commitments(canon.emits)
+    governed = orders(canon.emits, committed, channel_orders.trues, channels, slas or Slas())
+    derived = availability(canon.emits, committed, governed.reservations, channels, live=live)
+    sinks.emits("out_emits", op.merge("all_emits", canon.emits, derived, governed.emits))
     sinks.availability("out_availability", op.filter(
         "availability_only", derived, lambda e: e.schema == AVAILABILITY_SCHEMA))
-    sinks.dead_letters("out_dead_letters", op.merge("dead_letters", unreadable, canon.dead_letters))
-    sinks.ignored("out_ignored", canon.ignored)
+    sinks.order_intake("out_order_intake", op.filter(
+        "accepted_orders_only", governed.emits, lambda e: e.schema == ACCEPTED_ORDER_SCHEMA))
+    sinks.order_status("out_order_status", op.filter(
+        "order_status_only", governed.emits, lambda e: e.schema == ORDER_STATUS_SCHEMA))
+    sinks.dead_letters("out_dead_letters", op.merge("dead_letters", unreadable, canon.dead_letters,
+                                                    governed.dead_letters))
+    sinks.ignored("out_ignored", op.merge("all_ignored", canon.ignored, governed.ignored))
     return flow

@@ -439,3 +439,47 @@ class SkuLedger:
         return [exception("unknown_sku", "warning", "item", sku,
                           "stock or orders exist for a SKU that is not in the item master",
                           {"locations": sorted(st.stock)}, st.event_ms)]
+
+
+# ----------------------------------------------------------------------------- network for intake
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkChange:
+    """One SKU's network availability per channel *before* intake reservations (for intake validation).
+
+    ``networks`` is in channel order: Σ free − safety stock − committed open; ``status`` is the
+    item status ("unknown" when absent from the item master). ``version`` grows with every change.
+    """
+
+    sku: str
+    version: int
+    status: str
+    networks: tuple[int, ...]
+    event_ms: int
+
+
+class SkuNetwork:
+    """Reducer keyed by SKU: stock, item master and commitments -> ``NetworkChange`` when it changes.
+
+    Intake governance must count earlier accepted orders, whose reservations it holds itself; so it
+    needs the network *without* reservations, from a step that does not depend on intake (dataflows
+    are acyclic). This is that step: the ledger's own absorb and formula, with no reservations and
+    no publishing; ``views`` keeps what was last sent.
+    """
+
+    def __init__(self, channels: Sequence[Channel]) -> None:
+        self.ledger = SkuLedger(channels)
+
+    def apply(self, state: SkuState | None, sku: str,
+              event: Emit | Commitment) -> tuple[SkuState, list[NetworkChange]]:
+        st = state or SkuState(sku=sku)
+        if not self.ledger._absorb(st, event):
+            return st, []
+        numbers = self.ledger.compute(st)
+        status = numbers[0]["status"] if numbers else "unknown"
+        sent = [-1 if status == "active" else 0, *(int(n["network"]) for n in numbers)]
+        if sent == st.views:
+            return st, []
+        st.views = sent
+        return st, [NetworkChange(sku, st.version, status, tuple(sent[1:]), st.event_ms)]

@@ -1,9 +1,14 @@
-"""Order intake governance (spec section 6): every rule a small pure function.
+"""Order intake governance (spec section 6): every rule a small pure function, and the intake desk.
 
-``validate`` runs them all and returns every failing reason code, so a rejected channel order
+``validate`` runs the rules and returns every failing reason code, so a rejected channel order
 says everything that is wrong with it at once. What the rules look up (customers, items, price
 lists, availability) comes in as a ``Catalog`` built from canonical events; nothing here reads a
 clock or a database.
+
+``IntakeDesk`` is the reducer the orders flow runs under one key: it keeps the catalog, each SKU's
+network availability before reservations (``NetworkChange`` from ``SkuNetwork``) and the pending
+reservations of the orders it accepted, so "ATS at validation, counting earlier accepted orders"
+is exact: ``max(0, floor((network − reserved) × share))``, the ledger's own formula.
 """
 
 from __future__ import annotations
@@ -11,11 +16,25 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from erpsync.channels import Channel
+from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
+from erpsync.state.ats import (
+    ITEM_TOPIC,
+    ORDER_INTAKE_TOPIC,
+    ORDER_TOPIC,
+    IntakeAccepted,
+    NetworkChange,
+    PendingIntakes,
+    Reservation,
+    Reservations,
+    Tick,
+    exception,
+)
+from erpsync.state.order_status import IntakeDecision
 
 FULFILLMENT_METHODS = frozenset({"SHIP", "PICKUP", "DROPSHIP"})
 REQUIRED_FIELDS = ("channel", "external_order_id", "customer_id", "payment_status", "fulfillment_method",
@@ -78,6 +97,12 @@ def parse(raw: bytes) -> Order | None:
             isinstance(line, dict) and isinstance(line.get("sku"), str) and "qty" in line
             and "unit_price" in line and isinstance(line.get("line_no"), int) for line in lines):
         return None
+    for money in MONEY_FIELDS:
+        if money in doc and not _decimal_string(doc[money]):
+            return None
+    if "tax_jurisdiction" in doc and doc["tax_jurisdiction"] is not None \
+            and not isinstance(doc["tax_jurisdiction"], str):
+        return None
     try:
         placed = datetime.fromisoformat(doc["placed_at"])
     except ValueError:
@@ -85,6 +110,18 @@ def parse(raw: bytes) -> Order | None:
     if placed.tzinfo is None:
         return None
     return Order(doc, placed.date())
+
+
+MONEY_FIELDS = ("freight_total", "discount_total", "tax_total")
+
+
+def _decimal_string(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return Decimal(value).is_finite()
+    except InvalidOperation:
+        return False
 
 
 Rule = Callable[[Order, Channel, Catalog], bool]  # True when the order passes
@@ -184,3 +221,221 @@ RULES: Sequence[tuple[str, Rule]] = (
 def validate(order: Order, channel: Channel, catalog: Catalog) -> list[str]:
     """Every failing reason code, in the spec's order; empty means accepted."""
     return [reason for reason, rule in RULES if not rule(order, channel, catalog)]
+
+
+# ----------------------------------------------------------------------------- the intake desk
+
+ACCEPTED_ORDER_SCHEMA = "io.erpsync.AcceptedOrder"
+ORDER_INTAKE_OUT_TOPIC = "erp.order-intake"
+CUSTOMER_TOPIC = "canonical.customer"
+PRICE_TOPIC = "canonical.price"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = date(1970, 1, 1)
+REASON_TEXT = {
+    "unknown_customer": "the customer is not in the ERP",
+    "credit_hold": "the customer is on credit hold",
+    "payment_not_approved": "payment is neither approved nor terms the channel allows",
+    "missing_tax_jurisdiction": "no tax jurisdiction on the order or the customer",
+    "invalid_fulfillment_method": "fulfillment method is not SHIP, PICKUP or DROPSHIP",
+    "unknown_sku": "a line's SKU is not in the item master",
+    "inactive_sku": "a line's SKU is discontinued",
+    "price_mismatch": "a line's unit price differs from the customer's price list beyond the channel tolerance",
+    "invalid_quantity": "a line's quantity is not a positive integer",
+    "insufficient_stock": "a line's quantity exceeds the channel's available-to-sell",
+    "malformed": "the order is not of the channel order shape",
+}
+
+DeskInput = RawRecord | Emit | NetworkChange | Tick
+DeskOutput = Emit | Reservation | IntakeDecision | DeadLetter | Ignored
+
+
+@dataclass(slots=True)
+class DeskState:
+    """Everything intake validation looks at, plus the orders it accepted."""
+
+    catalog: Catalog = field(default_factory=Catalog)
+    fences: dict[str, str] = field(default_factory=dict)  # catalog row -> applied source position
+    price_rows: dict[tuple[str, str], dict[int, PriceLine]] = field(default_factory=dict)  # valid_from day
+    network: dict[str, tuple[int, str, tuple[int, ...]]] = field(default_factory=dict)  # version, status, per ch.
+    pending: PendingIntakes = field(default_factory=PendingIntakes)
+    held: dict[str, tuple[str, int]] = field(default_factory=dict)  # reservation line key -> (sku, qty)
+    reserved: dict[str, int] = field(default_factory=dict)  # sku -> reserved by pending intakes
+    accepted: set[str] = field(default_factory=set)  # "<channel>/<ext id>" accepted once: never again
+    sequence: int = 0  # accepted orders so far: the "commerce" position of what they cause
+
+    def copy(self) -> DeskState:
+        """A snapshot copy (containers copied, immutable values shared)."""
+        pending = PendingIntakes(dict(self.pending.pending), dict(self.pending.settled),
+                                 self.pending.now_ms, self.pending.version)
+        catalog = Catalog(dict(self.catalog.customers), dict(self.catalog.items), dict(self.catalog.prices))
+        return DeskState(catalog, dict(self.fences), {k: dict(v) for k, v in self.price_rows.items()},
+                         dict(self.network), pending, dict(self.held), dict(self.reserved), set(self.accepted),
+                         self.sequence)
+
+
+class IntakeDesk:
+    """Reducer for intake governance, under one key (see the module doc)."""
+
+    def __init__(self, channels: Sequence[Channel]) -> None:
+        self.channels = {c.id: c for c in channels}
+        self.index = {c.id: i for i, c in enumerate(channels)}
+        self.reservations = Reservations(channels)
+
+    def apply(self, state: DeskState | None, event: DeskInput) -> tuple[DeskState, list[DeskOutput]]:
+        st = state or DeskState()
+        out: list[DeskOutput] = []
+        if isinstance(event, RawRecord):
+            out.extend(self._order(st, event))
+        elif isinstance(event, NetworkChange):
+            old = st.network.get(event.sku)
+            if old is None or event.version > old[0]:
+                st.network[event.sku] = (event.version, event.status, event.networks)
+        elif isinstance(event, Tick):
+            out.extend(self._reserve(st, event))
+        elif event.topic in (ORDER_TOPIC, ORDER_INTAKE_TOPIC):
+            out.extend(self._reserve(st, event))
+        else:
+            self._catalog(st, event)
+        return st, out
+
+    # -- catalog
+
+    def _catalog(self, st: DeskState, event: Emit) -> None:
+        v, position = event.value, event.value["source"]["position"]
+        deleted = v["op"] == "delete"
+        cat = st.catalog
+        if event.topic == CUSTOMER_TOPIC:
+            row = f"c|{v['customer_id']}"
+        elif event.topic == ITEM_TOPIC:
+            row = f"i|{v['sku']}"
+        elif event.topic == PRICE_TOPIC:
+            row = f"p|{v['price_list_id']}|{v['sku']}|{v['valid_from']}"
+        else:
+            return
+        old = st.fences.get(row)
+        if old is not None and position <= old:
+            return
+        st.fences[row] = position
+        if event.topic == CUSTOMER_TOPIC:
+            if deleted:
+                cat.customers.pop(v["customer_id"], None)
+            else:
+                cat.customers[v["customer_id"]] = Customer(
+                    v["customer_id"], v["price_list_id"], bool(v["credit_hold"]), v["tax_jurisdiction"] or None)
+        elif event.topic == ITEM_TOPIC:
+            if deleted:
+                cat.items.pop(v["sku"], None)
+            else:
+                cat.items[v["sku"]] = v["status"]
+        else:
+            key = (v["price_list_id"], v["sku"])
+            rows = st.price_rows.setdefault(key, {})
+            if deleted:
+                rows.pop(v["valid_from"], None)
+            else:
+                rows[v["valid_from"]] = PriceLine(
+                    Decimal(v["unit_price"]), _day(v["valid_from"]),
+                    None if v["valid_to"] is None else _day(v["valid_to"]))
+            if rows:
+                cat.prices[key] = list(rows.values())
+            else:
+                cat.prices.pop(key, None)
+                del st.price_rows[key]
+
+    # -- channel orders
+
+    def ats(self, st: DeskState, channel: Channel, sku: str) -> int:
+        """The channel's ATS for sku now, counting the reservations of earlier accepted orders."""
+        known = st.network.get(sku)
+        if known is None or known[1] != "active" or st.catalog.items.get(sku, "absent") != "active":
+            return 0
+        share = channel.share_exact
+        network = known[2][self.index[channel.id]] - st.reserved.get(sku, 0)
+        return max(0, network * share.numerator // share.denominator)
+
+    def _order(self, st: DeskState, raw: RawRecord) -> list[DeskOutput]:
+        event_ms = raw.timestamp_ms or st.pending.now_ms
+        order = None if raw.value is None else parse(raw.value)
+        channel_id, ext_id = _ids(order, raw.key)
+        channel = self.channels.get(channel_id or "")
+        if channel is None or not ext_id:
+            why = "not a channel order (unparseable, or no channel and order id)" if order is None \
+                else f"unknown channel {channel_id!r}"
+            return [DeadLetter(raw, why, "orders-intake")]
+        key = f"{channel.id}/{ext_id}"
+        if key in st.accepted:
+            return [Ignored("duplicate submission of an accepted order", raw.topic, raw.partition, raw.offset)]
+        out: list[DeskOutput] = []
+        if order is None:
+            reasons = ["malformed"]
+            if not _is_json_object(raw.value):
+                out.append(DeadLetter(raw, "malformed channel order: not a JSON object", "orders-intake"))
+        else:
+            st.catalog.ats = {(channel.id, line["sku"]): self.ats(st, channel, line["sku"]) for line in order.lines}
+            reasons = validate(order, channel, st.catalog)
+        out.append(IntakeDecision(channel.id, ext_id, tuple(reasons), event_ms))
+        if reasons:
+            detail = {"kafka": f"{raw.topic}/{raw.partition}/{raw.offset}", "reasons": reasons}
+            out.extend(exception(r, "warning", "channel_order", key, REASON_TEXT[r], detail, event_ms)
+                       for r in reasons)
+            return out
+        assert order is not None
+        st.accepted.add(key)
+        st.sequence += 1
+        accepted = self._accepted_order(order, st, event_ms)
+        out.append(Emit(ORDER_INTAKE_OUT_TOPIC, f"{channel.id}:{ext_id}", ACCEPTED_ORDER_SCHEMA, accepted))
+        out.extend(self._reserve(st, IntakeAccepted(accepted, f"{st.sequence:016d}", event_ms)))
+        return out
+
+    def _accepted_order(self, order: Order, st: DeskState, event_ms: int) -> dict[str, Any]:
+        doc = order.doc
+        customer = st.catalog.customers[doc["customer_id"]]
+        placed = datetime.fromisoformat(doc["placed_at"])
+        return {
+            "channel": doc["channel"], "external_order_id": doc["external_order_id"],
+            "customer_id": doc["customer_id"], "payment_status": doc["payment_status"],
+            "tax_jurisdiction": doc.get("tax_jurisdiction") or customer.tax_jurisdiction,
+            "fulfillment_method": doc["fulfillment_method"], "currency": doc["currency"],
+            "placed_at": (placed - _EPOCH) // timedelta(microseconds=1),
+            **{money: doc.get(money) or "0" for money in MONEY_FIELDS},
+            "lines": [{"line_no": line["line_no"], "sku": line["sku"], "qty": line["qty"],
+                       "unit_price": str(line["unit_price"])} for line in order.lines],
+            "accepted_at_ms": event_ms,
+        }
+
+    # -- reservations
+
+    def _reserve(self, st: DeskState, event: IntakeAccepted | Emit | Tick) -> list[DeskOutput]:
+        st.pending, outs = self.reservations.apply(st.pending, event)
+        for r in outs:
+            if isinstance(r, Reservation):
+                old_sku, old_qty = st.held.pop(r.key, (r.sku, 0))
+                st.reserved[old_sku] = st.reserved.get(old_sku, 0) - old_qty
+                if not st.reserved[old_sku]:
+                    del st.reserved[old_sku]
+                if r.qty:
+                    st.held[r.key] = (r.sku, r.qty)
+                    st.reserved[r.sku] = st.reserved.get(r.sku, 0) + r.qty
+        return list(outs)
+
+
+def _day(days: int) -> date:
+    return _EPOCH_DAY + timedelta(days=days)
+
+
+def _ids(order: Order | None, key: bytes | None) -> tuple[str | None, str | None]:
+    """(channel, external order id): from the order, else from the Kafka key "<channel>:<id>"."""
+    if order is not None:
+        return order.doc["channel"], order.doc["external_order_id"]
+    try:
+        channel, _, ext_id = (key or b"").decode().partition(":")
+    except UnicodeDecodeError:
+        return None, None
+    return channel or None, ext_id or None
+
+
+def _is_json_object(value: bytes | None) -> bool:
+    try:
+        return isinstance(json.loads(value or b""), dict)
+    except (UnicodeDecodeError, ValueError):
+        return False

@@ -3,15 +3,25 @@
 ``OrderFacts`` holds what the ERP, the WMS and intake governance have said about one order, each
 row fenced by its source position; ``derive`` turns the facts into the OrderStatus a channel sees,
 in the spec's precedence. Publishing only when ``visible`` differs keeps channels free of noise.
+
+Facts reach the order's key ("<channel>/<external order id>") through two routers, because WMS
+rows do not carry it: ``ShipmentRouter`` (keyed by shipment id) stamps shipment lines with their
+order id, ``OrderRouter`` (keyed by ERP order id) learns the channel key from the ERP order header;
+both hold facts that arrive before what they need. ``StatusBook`` (keyed by the channel key)
+publishes the status, raises the discrepancy exceptions (invoice, freight, overship, credit) and
+arms the SLA deadlines of ``erpsync.state.sla``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from erpsync.records import Emit
 from erpsync.state import newer
+from erpsync.state.ats import exception
+from erpsync.state.sla import Deadline, Slas
 
 ORDER_STATUS_SCHEMA = "io.erpsync.OrderStatus"
 SHIPPED_STATES = frozenset({"dispatched", "delivered"})
@@ -38,7 +48,15 @@ class OrderFacts:
     # shipment id -> (pos, carrier, tracking no, status)
     shipments: dict[int, tuple[str, str, str | None, str]] = field(default_factory=dict)
     shipment_lines: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)  # pos, qty
-    invoices: dict[int, str] = field(default_factory=dict)  # invoice id -> pos
+    invoices: dict[int, tuple[str, Decimal, Decimal]] = field(default_factory=dict)  # pos, total, freight
+    # what the checks compare: order totals (order total, freight), line prices, shipment freight,
+    # returns (rma -> pos, line, qty, received ms) and credit memos (id -> pos, rma, amount)
+    totals: tuple[Decimal, Decimal] | None = None
+    prices: dict[int, Decimal] = field(default_factory=dict)
+    freight: dict[int, Decimal] = field(default_factory=dict)
+    returns: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)
+    credits: dict[int, tuple[str, str | None, Decimal]] = field(default_factory=dict)
+    accepted_ms: int = 0  # event time the ERP order first appeared
     last_fact_ms: int = 0
 
     def apply(self, event: Emit | IntakeDecision) -> bool:
@@ -57,6 +75,9 @@ class OrderFacts:
             if not newer(self.header, position):
                 return False
             self.header = (position, v["order_id"], "deleted" if deleted else v["status"])
+            if not deleted and v.get("order_total") is not None:
+                self.totals = (Decimal(v["order_total"]), Decimal(v.get("freight_total") or 0))
+            self.accepted_ms = self.accepted_ms or int(src["commit_ts_ms"])
         elif topic == "canonical.order-line":
             if not newer(self.lines.get(v["line_no"]), position):
                 return False
@@ -64,6 +85,8 @@ class OrderFacts:
                 self.lines[v["line_no"]] = (position, "", 0, "deleted")
             else:
                 self.lines[v["line_no"]] = (position, v["sku"], v["qty"], v["status"])
+                if v.get("unit_price") is not None:
+                    self.prices[v["line_no"]] = Decimal(v["unit_price"])
         elif topic == "canonical.allocation":
             if not newer(self.allocations.get(v["allocation_id"]), position):
                 return False
@@ -74,6 +97,7 @@ class OrderFacts:
                 return False
             self.shipments[v["shipment_id"]] = (position, v["carrier"] or "", v["tracking_no"],
                                                 "deleted" if deleted else v["status"])
+            self.freight[v["shipment_id"]] = Decimal(0 if deleted else v.get("freight_cost") or 0)
         elif topic == "canonical.shipment-line":
             key = (v["shipment_id"], v["line_no"])
             if not newer(self.shipment_lines.get(key), position):
@@ -81,12 +105,23 @@ class OrderFacts:
             self.shipment_lines[key] = (position, 0 if deleted else v["qty"])
         elif topic == "canonical.invoice":
             old = self.invoices.get(v["invoice_id"])
-            if old is not None and position <= old:
+            if old is not None and position <= old[0]:
                 return False
             if deleted:
                 self.invoices.pop(v["invoice_id"], None)
             else:
-                self.invoices[v["invoice_id"]] = position
+                self.invoices[v["invoice_id"]] = (position, Decimal(v.get("invoice_total") or 0),
+                                                  Decimal(v.get("freight_total") or 0))
+        elif topic == "canonical.return":
+            if not newer(self.returns.get(v["rma_id"]), position):
+                return False
+            self.returns[v["rma_id"]] = (position, -1, 0, 0) if deleted else (
+                position, v["line_no"], v["qty"], int(src["commit_ts_ms"]))
+        elif topic == "canonical.credit-memo":
+            if not newer(self.credits.get(v["credit_memo_id"]), position):
+                return False
+            self.credits[v["credit_memo_id"]] = (position, None, Decimal(0)) if deleted else (
+                position, v["rma_id"], Decimal(v["amount"]))
         else:
             return False
         self.last_fact_ms = max(self.last_fact_ms, int(src["commit_ts_ms"]))
@@ -152,3 +187,197 @@ def visible(record: dict[str, Any] | None) -> dict[str, Any] | None:
     if record is None:
         return None
     return {k: v for k, v in record.items() if k != "last_fact_ms"}
+
+
+# ----------------------------------------------------------------------------- checks and deadlines
+
+
+def shipped_by_line(facts: OrderFacts) -> dict[int, int]:
+    shipped: dict[int, int] = {}
+    for (shipment_id, line_no), (_, qty) in facts.shipment_lines.items():
+        shipment = facts.shipments.get(shipment_id)
+        if shipment is not None and shipment[3] in SHIPPED_STATES:
+            shipped[line_no] = shipped.get(line_no, 0) + qty
+    return shipped
+
+
+def checks(facts: OrderFacts) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Discrepancies true now: kind -> (reason, detail). Compared only when both sides are known."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    if facts.invoices and facts.totals is not None:
+        invoiced = sum((i[1] for i in facts.invoices.values()), Decimal(0))
+        if invoiced != facts.totals[0]:
+            found["invoice_discrepancy"] = (f"invoiced {invoiced} but the order total is {facts.totals[0]}",
+                                            {"invoice_total": str(invoiced), "order_total": str(facts.totals[0])})
+        billed = sum((i[2] for i in facts.invoices.values()), Decimal(0))
+        live = [sid for sid, s in facts.shipments.items() if s[3] != "deleted"]
+        shipped_freight = sum((facts.freight.get(sid, Decimal(0)) for sid in live), Decimal(0))
+        if live and billed != shipped_freight:
+            found["freight_discrepancy"] = (f"invoiced freight {billed} but shipments cost {shipped_freight}",
+                                            {"invoice_freight": str(billed), "shipment_freight": str(shipped_freight)})
+    shipped = shipped_by_line(facts)
+    over = {n: q for n, q in shipped.items() if n in facts.lines and q > facts.lines[n][2]
+            and facts.lines[n][3] != "deleted"}
+    if over:
+        found["overship"] = ("more shipped than ordered on line(s) " + ", ".join(map(str, sorted(over))),
+                             {"shipped": {str(n): q for n, q in over.items()}})
+    for rma in sorted({c[1] for c in facts.credits.values() if c[1]}):
+        returned = facts.returns.get(rma)
+        if returned is None or returned[1] < 0:
+            continue
+        credited = sum((c[2] for c in facts.credits.values() if c[1] == rma), Decimal(0))
+        expected = facts.prices.get(returned[1], Decimal(0)) * returned[2]
+        if credited != expected:
+            found["credit_discrepancy"] = (f"credited {credited} for return {rma}, expected {expected}",
+                                           {"rma_id": rma, "credited": str(credited), "expected": str(expected)})
+    return found
+
+
+def deadlines(facts: OrderFacts, status: str | None, slas: Slas) -> dict[str, Deadline]:
+    """SLA deadlines armed now, by kind (credit_pending once per return), for the order's facts."""
+    armed: dict[str, Deadline] = {}
+    if status == "accepted" and facts.accepted_ms:
+        armed["allocation_sla_breach"] = Deadline(
+            "allocation_sla_breach", "", facts.accepted_ms + slas.allocation_ms,
+            f"not allocated within {slas.allocation_ms} ms of entering the ERP")
+    credited = {c[1] for c in facts.credits.values() if c[1]}
+    for rma, (_, line_no, _, received_ms) in facts.returns.items():
+        if line_no >= 0 and rma not in credited:
+            armed[f"credit_pending/{rma}"] = Deadline(
+                "credit_pending", "", received_ms + slas.credit_ms,
+                f"return {rma} received, no credit memo within {slas.credit_ms} ms", (("rma_id", rma),))
+    mismatch = _mismatch(facts, status)
+    if mismatch:
+        armed["status_mismatch"] = Deadline("status_mismatch", "", 0, mismatch)
+    return armed
+
+
+def _mismatch(facts: OrderFacts, status: str | None) -> str:
+    """Why the ERP and the WMS disagree about the order, or "" when they agree."""
+    if facts.header is None:
+        return ""
+    erp = facts.header[2]
+    if erp in ("shipped", "invoiced") and status not in ("shipped", "invoiced", "closed", "cancelled"):
+        return f"the ERP says {erp} but the WMS has not dispatched every open line"
+    if status == "shipped" and erp in ("entered", "released", "allocated", "on_hold"):
+        return f"the WMS dispatched every line but the ERP still says {erp}"
+    live_allocations = any(a[3] not in ("cancelled", "deleted", "shipped") for a in facts.allocations.values())
+    if erp == "cancelled" and live_allocations:
+        return "the ERP cancelled the order but the WMS still holds allocations"
+    return ""
+
+
+# ----------------------------------------------------------------------------- routing facts to orders
+
+ORDER_FACT_TOPICS = frozenset({"canonical.order", "canonical.order-line", "canonical.allocation",
+                               "canonical.invoice", "canonical.return", "canonical.credit-memo"})
+SHIPMENT_TOPICS = frozenset({"canonical.shipment", "canonical.shipment-line"})
+
+
+@dataclass(slots=True)
+class RouteState:
+    """Where facts of one ERP order (or WMS shipment) go, and the facts waiting to learn it."""
+
+    target: str | None = None
+    waiting: list[Emit] = field(default_factory=list)
+
+
+class ShipmentRouter:
+    """Keyed by shipment id: stamps shipment lines with the shipment's order id."""
+
+    def apply(self, state: RouteState | None, event: Emit) -> tuple[RouteState, list[Emit]]:
+        st = state or RouteState()
+        v = event.value
+        if event.topic == "canonical.shipment" and v["op"] == "upsert" and st.target is None:
+            st.target = str(v["order_id"])
+        if st.target is None:
+            st.waiting.append(event)
+            return st, []
+        ready, st.waiting = [*st.waiting, event], []
+        order_id = int(st.target)
+        return st, [e if e.value.get("order_id") == order_id else
+                    Emit(e.topic, e.key, e.schema, {**e.value, "order_id": order_id}) for e in ready]
+
+
+class OrderRouter:
+    """Keyed by ERP order id: sends each fact to the order's channel key "<channel>/<external id>"."""
+
+    def apply(self, state: RouteState | None, event: Emit) -> tuple[RouteState, list[tuple[str, Emit]]]:
+        st = state or RouteState()
+        v = event.value
+        if event.topic == "canonical.order" and v["op"] == "upsert" and st.target is None:
+            st.target = f"{v['channel']}/{v['external_order_id']}"
+        if st.target is None:
+            st.waiting.append(event)
+            return st, []
+        ready, st.waiting = [*st.waiting, event], []
+        return st, [(st.target, e) for e in ready]
+
+
+# ----------------------------------------------------------------------------- the status of one order
+
+
+@dataclass(slots=True)
+class BookState:
+    facts: OrderFacts = field(default_factory=OrderFacts)
+    shown: dict[str, Any] | None = None  # what the channel was last told (visible part)
+    version: int = 0  # status records published so far: the ops database fences on it
+    raised: set[str] = field(default_factory=set)  # discrepancy kinds currently raised
+    armed: dict[str, Deadline] = field(default_factory=dict)  # deadlines sent to the clock
+    mismatch_since: int = 0
+
+    def copy(self) -> BookState:
+        import copy  # noqa: PLC0415  (snapshots only)
+
+        return copy.deepcopy(self)
+
+
+class StatusBook:
+    """Reducer keyed by "<channel>/<external order id>": facts -> OrderStatus, exceptions, deadlines."""
+
+    def __init__(self, channels: set[str], slas: Slas) -> None:
+        self.channels = channels
+        self.slas = slas
+
+    def apply(self, state: BookState | None, key: str,
+              event: Emit | IntakeDecision) -> tuple[BookState, list[Emit | Deadline]]:
+        st = state or BookState()
+        if not st.facts.apply(event):
+            return st, []
+        channel, _, ext_id = key.partition("/")
+        record = derive(st.facts, channel, ext_id)
+        out: list[Emit | Deadline] = []
+        now = st.facts.last_fact_ms
+        found = checks(st.facts)
+        for kind, (reason, detail) in sorted(found.items()):
+            if kind not in st.raised:
+                out.append(exception(kind, "error", "order", key, reason, detail, now))
+        st.raised = set(found)
+        out.extend(self._deadlines(st, key, None if record is None else record["status"], now))
+        shown = visible(record)
+        if shown is not None and shown != st.shown and channel in self.channels:
+            st.shown = shown
+            st.version += 1
+            out.append(Emit(f"order-status.{channel}", ext_id, ORDER_STATUS_SCHEMA,
+                            {**(record or {}), "version": st.version}))
+        return st, out
+
+    def _deadlines(self, st: BookState, key: str, status: str | None, now: int) -> list[Emit | Deadline]:
+        wanted = deadlines(st.facts, status, self.slas)
+        if "status_mismatch" in wanted:
+            st.mismatch_since = st.mismatch_since or now
+            d = wanted["status_mismatch"]
+            wanted["status_mismatch"] = Deadline(d.kind, d.key, st.mismatch_since + self.slas.status_grace_ms,
+                                                 d.reason)
+        else:
+            st.mismatch_since = 0
+        out: list[Emit | Deadline] = []
+        for name in sorted(set(st.armed) | set(wanted)):
+            new, old = wanted.get(name), st.armed.get(name)
+            timer_key = key if "/" not in name else f"{key}/{name.split('/', 1)[1]}"
+            if new is None:
+                out.append(Deadline(old.kind if old else name, timer_key, None))
+            elif old is None or (old.due_ms, old.reason) != (new.due_ms, new.reason):
+                out.append(Deadline(new.kind, timer_key, new.due_ms, new.reason, new.detail))
+        st.armed = wanted
+        return out

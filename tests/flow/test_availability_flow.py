@@ -9,9 +9,10 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from hypothesis import HealthCheck, given, settings
 
-from erpsync.flows.availability import availability
+from erpsync.flows.availability import SecondTicker, availability, commitments
+from erpsync.flows.common import reduce
 from erpsync.records import Emit
-from erpsync.state.ats import AVAILABILITY_SCHEMA, IntakeAccepted
+from erpsync.state.ats import AVAILABILITY_SCHEMA, IntakeAccepted, Reservation, Reservations
 from tests.unit.test_ats_properties import CHANNELS, SKUS, World, expected_ats, histories
 
 
@@ -21,7 +22,16 @@ def run_records(events: list[Any], workers: int) -> list[Emit]:
     flow = Dataflow("test_availability")
     inp = op.input("inp", flow, TestingSource(events, batch_size=3))
     split = op.branch("is_intake", inp, lambda e: isinstance(e, IntakeAccepted))
-    result = availability(split.falses, split.trues, CHANNELS, live=False)  # type: ignore[arg-type]
+    canonical = split.falses
+    # The reservations the orders flow's intake desk makes for accepted orders (same reducer).
+    intake_facts = op.filter("intake_facts", canonical, lambda e: e.topic in ("canonical.order",
+                                                                                "canonical.order-intake"))
+    ticks = op.filter_map("ticks", canonical, SecondTicker())
+    desk_in = op.key_on("one_desk", op.merge("desk_in", split.trues, intake_facts, ticks), lambda _: "intake")
+    reservations = Reservations(CHANNELS)
+    held = reduce("reservations", desk_in, reservations.apply, lambda s: s)
+    only = op.filter("only_reservations", held, lambda r: isinstance(r, Reservation))
+    result = availability(canonical, commitments(canonical), only, CHANNELS, live=False)  # type: ignore[arg-type]
     op.output("out", result, TestingSink(out))
     if workers == 1:
         run_main(flow)

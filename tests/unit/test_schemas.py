@@ -234,7 +234,7 @@ OUTPUT_RECORDS: dict[str, dict[str, Any]] = {
         "channel": "marketplace", "external_order_id": "MP-1001", "order_id": 900001,
         "status": "partially_shipped", "reasons": [],
         "lines": [{"line_no": 1, "sku": "SKU-1", "ordered": 2, "allocated": 2, "shipped": 1}],
-        "carriers": ["UPS"], "tracking_numbers": ["1Z999"], "last_fact_ms": 1_795_000_000_000,
+        "carriers": ["UPS"], "tracking_numbers": ["1Z999"], "last_fact_ms": 1_795_000_000_000, "version": 4,
     },
     "io.erpsync.SyncException": {
         "id": "oversold:inventory_position:SKU-1", "kind": "oversold", "severity": "error",

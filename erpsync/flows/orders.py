@@ -1,0 +1,119 @@
+"""Channel orders and canonical events -> governed intake, order status per channel, SLA exceptions.
+
+Steps (pure reducers from ``erpsync.state``, keyed as they need):
+- ``orders_network`` (by SKU): stock, item master and commitments -> each SKU's network per channel
+  before intake reservations (``SkuNetwork``).
+- ``orders_intake`` (one key): channel orders validated against customers, items, prices and that
+  network minus the desk's own pending reservations -> accepted orders (``erp.order-intake``),
+  reservations (to the availability ledger), decisions (to the status book), rejection exceptions.
+- ``orders_route_shipments`` (by shipment id) and ``orders_route`` (by ERP order id): bring every
+  ERP/WMS fact to its order's channel key.
+- ``orders_status`` (by "<channel>/<external order id>"): ``OrderStatus`` per channel when a
+  channel-visible field changed, discrepancy exceptions, SLA deadlines.
+- ``orders_sla`` (one key): deadlines against event time -> SLA exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+
+from erpsync.channels import Channel
+from erpsync.flows.availability import SecondTicker
+from erpsync.flows.common import reduce
+from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
+from erpsync.state.ats import (
+    INVENTORY_TOPIC,
+    ITEM_TOPIC,
+    ORDER_INTAKE_TOPIC,
+    ORDER_TOPIC,
+    Commitment,
+    Reservation,
+    SkuNetwork,
+)
+from erpsync.state.intake import CUSTOMER_TOPIC, PRICE_TOPIC, DeskState, IntakeDesk
+from erpsync.state.order_status import (
+    ORDER_FACT_TOPICS,
+    SHIPMENT_TOPICS,
+    BookState,
+    IntakeDecision,
+    OrderRouter,
+    RouteState,
+    ShipmentRouter,
+    StatusBook,
+)
+from erpsync.state.sla import Deadline, Deadlines, DeadlineState, Slas
+
+COMMERCE_ORDERS_TOPIC = "commerce.orders"
+_DESK_FACTS = frozenset({CUSTOMER_TOPIC, ITEM_TOPIC, PRICE_TOPIC, ORDER_TOPIC, ORDER_INTAKE_TOPIC})
+
+
+@dataclass(frozen=True)
+class OrdersOut:
+    emits: Stream[Emit]  # accepted orders, order statuses, exceptions
+    reservations: Stream[Reservation]  # for the availability ledger
+    dead_letters: Stream[DeadLetter]
+    ignored: Stream[Ignored]
+
+
+def _sku(event: Emit | Commitment) -> str:
+    return event.sku if isinstance(event, Commitment) else str(event.value["sku"])
+
+
+def _copy_route(state: RouteState | None) -> RouteState | None:
+    return None if state is None else RouteState(state.target, list(state.waiting))
+
+
+def _copy(state: Any) -> Any:
+    return None if state is None else state.copy()
+
+
+def orders(canonical: Stream[Emit], commitments: Stream[Commitment], channel_orders: Stream[RawRecord],
+           channels: Sequence[Channel], slas: Slas) -> OrdersOut:
+    """The orders dataflow; `commitments` come from the availability flow's order lines step."""
+    network = SkuNetwork(channels)
+    sku_facts = op.filter("orders_sku_facts", canonical, lambda e: e.topic in (INVENTORY_TOPIC, ITEM_TOPIC))
+    net_in = op.key_on("orders_by_sku", op.merge("orders_network_in", sku_facts, commitments), _sku)
+    changes = reduce("orders_network", net_in, lambda st, e: network.apply(st, _sku(e), e), _copy)
+
+    desk = IntakeDesk(channels)
+    ticks = op.filter_map("orders_ticks", canonical, SecondTicker())
+    desk_facts = op.filter("orders_desk_facts", canonical, lambda e: e.topic in _DESK_FACTS)
+    desk_in = op.merge("orders_desk_in", channel_orders, desk_facts, changes, ticks)
+    desk_out = reduce("orders_intake", op.key_on("orders_one_desk", desk_in, lambda _: "intake"),
+                      desk.apply, lambda st: None if st is None else DeskState.copy(st))
+    is_reservation = op.branch("orders_is_reservation", desk_out, lambda o: isinstance(o, Reservation))
+    is_decision = op.branch("orders_is_decision", is_reservation.falses, lambda o: isinstance(o, IntakeDecision))
+    is_emit = op.branch("orders_is_emit", is_decision.falses, lambda o: isinstance(o, Emit))
+    is_dead = op.branch("orders_is_dead_letter", is_emit.falses, lambda o: isinstance(o, DeadLetter))
+
+    shipment_facts = op.filter("orders_shipment_facts", canonical, lambda e: e.topic in SHIPMENT_TOPICS)
+    shipments = ShipmentRouter()
+    stamped = reduce("orders_route_shipments",
+                     op.key_on("orders_by_shipment", shipment_facts, lambda e: str(e.value["shipment_id"])),
+                     shipments.apply, _copy_route)
+    order_facts = op.filter("orders_order_facts", canonical, lambda e: e.topic in ORDER_FACT_TOPICS)
+    router = OrderRouter()
+    routed = reduce("orders_route", op.key_on("orders_by_order_id", op.merge("orders_facts", order_facts, stamped),
+                                              lambda e: str(e.value["order_id"])), router.apply, _copy_route)
+    decisions = op.map("orders_decision_key", is_decision.trues,
+                       lambda d: (f"{d.channel}/{d.external_order_id}", d))
+    book = StatusBook({c.id for c in channels}, slas)
+    book_in = op.key_on("orders_by_channel_order", op.merge("orders_book_in", routed, decisions), lambda t: t[0])
+    book_out = reduce("orders_status", book_in, lambda st, t: book.apply(st, t[0], t[1]),
+                      lambda st: None if st is None else BookState.copy(st))
+    is_deadline = op.branch("orders_is_deadline", book_out, lambda o: isinstance(o, Deadline))
+
+    clock = Deadlines()
+    sla_in = op.key_on("orders_one_clock", op.merge("orders_sla_in", is_deadline.trues, ticks), lambda _: "sla")
+    fired = reduce("orders_sla", sla_in, clock.apply, lambda st: None if st is None else DeadlineState.copy(st))
+    return OrdersOut(
+        emits=op.merge("orders_emits", is_emit.trues, is_deadline.falses, fired),
+        reservations=is_reservation.trues,
+        dead_letters=is_dead.trues,
+        ignored=is_dead.falses,
+    )

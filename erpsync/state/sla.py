@@ -1,0 +1,72 @@
+"""Service-level timers on event time (spec section 9): deadlines armed by facts, fired by the clock.
+
+The order step knows, per order, which deadlines are armed (``allocation_sla_breach``,
+``status_mismatch``, ``credit_pending``) and sends a ``Deadline`` when one is armed, moved or
+disarmed. ``Deadlines`` keeps them under one key, where event time arrives as ``Tick``s from every
+source event, and raises the exception when event time passes a deadline still armed. A deadline
+fires once; arming it again (a new occurrence) can fire it again, with the same exception id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from erpsync.records import Emit
+from erpsync.state.ats import Tick, exception
+
+
+@dataclass(frozen=True, slots=True)
+class Slas:
+    """How long event time may pass before an open situation becomes an exception."""
+
+    allocation_ms: int = 4 * 3600 * 1000  # accepted by the ERP, not allocated by the WMS
+    status_grace_ms: int = 15 * 60 * 1000  # ERP and WMS disagree about an order
+    credit_ms: int = 72 * 3600 * 1000  # return received, no credit memo
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """Arm (due_ms set) or disarm (None) the timer `kind` for the business key `key`."""
+
+    kind: str
+    key: str
+    due_ms: int | None
+    reason: str = ""
+    detail: tuple[tuple[str, Any], ...] = ()
+
+
+SEVERITY = {"allocation_sla_breach": "warning", "status_mismatch": "error", "credit_pending": "warning"}
+
+
+@dataclass(slots=True)
+class DeadlineState:
+    armed: dict[tuple[str, str], Deadline] = field(default_factory=dict)
+    now_ms: int = 0
+
+    def copy(self) -> DeadlineState:
+        return DeadlineState(dict(self.armed), self.now_ms)
+
+
+class Deadlines:
+    """Reducer for every armed deadline, under one key."""
+
+    def apply(self, state: DeadlineState | None, event: Deadline | Tick) -> tuple[DeadlineState, list[Emit]]:
+        st = state or DeadlineState()
+        if isinstance(event, Tick):
+            if event.event_ms <= st.now_ms:
+                return st, []
+            st.now_ms = event.event_ms
+            due = sorted((d.due_ms or 0, k) for k, d in st.armed.items() if (d.due_ms or 0) <= st.now_ms)
+        elif event.due_ms is None:
+            st.armed.pop((event.kind, event.key), None)
+            return st, []
+        else:
+            st.armed[(event.kind, event.key)] = event
+            due = [(event.due_ms, (event.kind, event.key))] if event.due_ms <= st.now_ms else []
+        out = []
+        for _, k in due:
+            d = st.armed.pop(k)
+            out.append(exception(d.kind, SEVERITY.get(d.kind, "warning"), "order", d.key, d.reason,
+                                 {**dict(d.detail), "due_ms": d.due_ms}, st.now_ms))
+        return st, out
