@@ -15,6 +15,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from erpsync.channels import Channel
+from erpsync.flows.common import reduce
 from erpsync.records import Emit
 from erpsync.state.ats import (
     ALLOCATION_TOPIC,
@@ -123,8 +124,8 @@ def commitments(canonical: Stream[Emit]) -> Stream[Commitment]:
     """What each open ERP order line still commits, per line, when it changes."""
     order_facts = op.filter("avail_order_facts", canonical, lambda e: e.topic in _ORDER_FACTS)
     order_lines = OrderLines()
-    return op.key_rm("avail_commitments", op.stateful_flat_map(
-        "avail_order_lines", op.key_on("avail_by_order", order_facts, _order_id), order_lines.apply))
+    return reduce("avail_order_lines", op.key_on("avail_by_order", order_facts, _order_id), order_lines.apply,
+                  lambda st: None if st is None else st.copy())
 
 
 def availability(canonical: Stream[Emit], committed: Stream[Commitment], reservations: Stream[Reservation] | None,

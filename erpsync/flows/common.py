@@ -29,10 +29,12 @@ def split(step_id: str, up: Stream[Outcome]) -> Outcomes:
 
 
 def reduce(step_id: str, up: Stream[tuple[str, Any]], apply: Callable[[Any, Any], tuple[Any, list[Any]]],
-           copy: Callable[[Any], Any]) -> Stream[Any]:
+           copy: Callable[[Any], Any], flush: Callable[[Any], list[Any]] | None = None) -> Stream[Any]:
     """Run a pure reducer ``apply(state, value) -> (state, outputs)`` per key, a batch at a time.
 
     ``copy`` makes the snapshot: bytewax may serialize it after later items changed the live state.
+    ``flush(state)``, if given, runs after each batch of a key: what a reducer publishes once per
+    batch rather than once per input (a source transaction's rows usually arrive together).
     """
 
     class Logic(StatefulBatchLogic[Any, Any, Any]):
@@ -44,6 +46,8 @@ def reduce(step_id: str, up: Stream[tuple[str, Any]], apply: Callable[[Any, Any]
             for value in values:
                 self.state, outs = apply(self.state, value)
                 out.extend(outs)
+            if flush is not None and self.state is not None:
+                out.extend(flush(self.state))
             return out, StatefulBatchLogic.RETAIN
 
         def snapshot(self) -> Any:

@@ -105,7 +105,7 @@ def orders(canonical: Stream[Emit], commitments: Stream[Commitment], channel_ord
     book = StatusBook({c.id for c in channels}, slas)
     book_in = op.key_on("orders_by_channel_order", op.merge("orders_book_in", routed, decisions), lambda t: t[0])
     book_out = reduce("orders_status", book_in, lambda st, t: book.apply(st, t[0], t[1]),
-                      lambda st: None if st is None else BookState.copy(st))
+                      lambda st: None if st is None else BookState.copy(st), book.flush)
     is_deadline = op.branch("orders_is_deadline", book_out, lambda o: isinstance(o, Deadline))
 
     clock = Deadlines()

@@ -124,6 +124,9 @@ class OrderState:
     emitted: dict[int, tuple[str, int]] = field(default_factory=dict)  # line -> (sku, qty) told to the ledger
     version: int = 0
 
+    def copy(self) -> OrderState:
+        return OrderState(self.header, dict(self.lines), dict(self.allocations), dict(self.emitted), self.version)
+
 
 class OrderLines:
     """Reducer for canonical.order, canonical.order-line and canonical.allocation, keyed by order id."""
@@ -195,6 +198,10 @@ class PendingIntakes:
     settled: dict[str, int] = field(default_factory=dict)  # key -> event ms it was settled
     now_ms: int = 0
     version: int = 0
+    swept_ms: int = -1  # event second of the last TTL sweep: nothing can expire until time moves
+
+    def copy(self) -> PendingIntakes:
+        return PendingIntakes(dict(self.pending), dict(self.settled), self.now_ms, self.version, self.swept_ms)
 
 
 class Reservations:
@@ -255,6 +262,9 @@ class Reservations:
 
     def _expire(self, st: PendingIntakes, system: str, position: str) -> list[Reservation | Emit]:
         out: list[Reservation | Emit] = []
+        if st.now_ms == st.swept_ms:  # TTLs are whole seconds of event time: sweep once per second
+            return out
+        st.swept_ms = st.now_ms
         for key, (accepted_ms, _) in sorted(st.pending.items()):
             channel = key.split("/", 1)[0]
             ttl = self.ttl_ms.get(channel)

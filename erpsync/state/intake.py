@@ -265,8 +265,7 @@ class DeskState:
 
     def copy(self) -> DeskState:
         """A snapshot copy (containers copied, immutable values shared)."""
-        pending = PendingIntakes(dict(self.pending.pending), dict(self.pending.settled),
-                                 self.pending.now_ms, self.pending.version)
+        pending = self.pending.copy()
         catalog = Catalog(dict(self.catalog.customers), dict(self.catalog.items), dict(self.catalog.prices))
         return DeskState(catalog, dict(self.fences), {k: dict(v) for k, v in self.price_rows.items()},
                          dict(self.network), pending, dict(self.held), dict(self.reserved), set(self.accepted),
@@ -279,6 +278,7 @@ class IntakeDesk:
     def __init__(self, channels: Sequence[Channel]) -> None:
         self.channels = {c.id: c for c in channels}
         self.index = {c.id: i for i, c in enumerate(channels)}
+        self.shares = {c.id: (c.share_exact.numerator, c.share_exact.denominator) for c in channels}
         self.reservations = Reservations(channels)
 
     def apply(self, state: DeskState | None, event: DeskInput) -> tuple[DeskState, list[DeskOutput]]:
@@ -349,9 +349,9 @@ class IntakeDesk:
         known = st.network.get(sku)
         if known is None or known[1] != "active" or st.catalog.items.get(sku, "absent") != "active":
             return 0
-        share = channel.share_exact
+        numerator, denominator = self.shares[channel.id]
         network = known[2][self.index[channel.id]] - st.reserved.get(sku, 0)
-        return max(0, network * share.numerator // share.denominator)
+        return max(0, network * numerator // denominator)
 
     def _order(self, st: DeskState, raw: RawRecord) -> list[DeskOutput]:
         event_ms = raw.timestamp_ms or st.pending.now_ms

@@ -14,7 +14,7 @@ arms the SLA deadlines of ``erpsync.state.sla``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -325,15 +325,25 @@ class BookState:
     raised: set[str] = field(default_factory=set)  # discrepancy kinds currently raised
     armed: dict[str, Deadline] = field(default_factory=dict)  # deadlines sent to the clock
     mismatch_since: int = 0
+    key: str = ""
+    dirty: bool = False  # facts changed since the last flush
 
     def copy(self) -> BookState:
-        import copy  # noqa: PLC0415  (snapshots only)
-
-        return copy.deepcopy(self)
+        """A snapshot copy: containers copied, their (immutable) values shared."""
+        f = self.facts
+        facts = replace(f, lines=dict(f.lines), allocations=dict(f.allocations), shipments=dict(f.shipments),
+                        shipment_lines=dict(f.shipment_lines), invoices=dict(f.invoices), prices=dict(f.prices),
+                        freight=dict(f.freight), returns=dict(f.returns), credits=dict(f.credits))
+        return BookState(facts, self.shown, self.version, set(self.raised), dict(self.armed), self.mismatch_since,
+                         self.key, self.dirty)
 
 
 class StatusBook:
-    """Reducer keyed by "<channel>/<external order id>": facts -> OrderStatus, exceptions, deadlines."""
+    """Reducer keyed by "<channel>/<external order id>": facts -> OrderStatus, exceptions, deadlines.
+
+    ``apply`` records a fact; ``flush`` (after each batch of facts, or after each fact) derives the
+    status and publishes what changed, so one source transaction's rows make one status update.
+    """
 
     def __init__(self, channels: set[str], slas: Slas) -> None:
         self.channels = channels
@@ -342,8 +352,16 @@ class StatusBook:
     def apply(self, state: BookState | None, key: str,
               event: Emit | IntakeDecision) -> tuple[BookState, list[Emit | Deadline]]:
         st = state or BookState()
-        if not st.facts.apply(event):
-            return st, []
+        st.key = key
+        if st.facts.apply(event):
+            st.dirty = True
+        return st, []
+
+    def flush(self, st: BookState) -> list[Emit | Deadline]:
+        if not st.dirty:
+            return []
+        st.dirty = False
+        key = st.key
         channel, _, ext_id = key.partition("/")
         record = derive(st.facts, channel, ext_id)
         out: list[Emit | Deadline] = []
@@ -360,8 +378,7 @@ class StatusBook:
             st.version += 1
             out.append(Emit(f"order-status.{channel}", ext_id, ORDER_STATUS_SCHEMA,
                             {**(record or {}), "version": st.version}))
-        return st, out
-
+        return out
     def _deadlines(self, st: BookState, key: str, status: str | None, now: int) -> list[Emit | Deadline]:
         wanted = deadlines(st.facts, status, self.slas)
         if "status_mismatch" in wanted:

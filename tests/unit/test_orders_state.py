@@ -125,7 +125,8 @@ def test_an_unconfirmed_intake_expires_on_event_time() -> None:
 
 
 def test_network_changes_are_fenced_by_version() -> None:
-    state, _ = run_desk([NetworkChange("S", 5, "active", (9, 9, 9), T0), NetworkChange("S", 4, "active", (1, 1, 1), T0)])
+    state, _ = run_desk([NetworkChange("S", 5, "active", (9, 9, 9), T0),
+                         NetworkChange("S", 4, "active", (1, 1, 1), T0)])
     assert state.network["S"] == (5, "active", (9, 9, 9))
 
 
@@ -164,12 +165,15 @@ def test_routers_bring_wms_facts_to_the_channel_key_whatever_the_order() -> None
     assert [k for k, _ in routed] == ["marketplace/MP-7"] * 3
 
 
-def book_run(events: list[Any], slas: Slas = Slas(), state: BookState | None = None) -> tuple[BookState, list[Any]]:
-    book = StatusBook({c.id for c in CHANNELS}, slas)
+def book_run(events: list[Any], slas: Slas | None = None,
+             state: BookState | None = None) -> tuple[BookState, list[Any]]:
+    """Each fact in a batch of its own (flush after each), as facts arriving apart in time."""
+    book = StatusBook({c.id for c in CHANNELS}, slas or Slas())
     out: list[Any] = []
     for e in events:
         state, o = book.apply(state, "marketplace/MP-7", e)
         out.extend(o)
+        out.extend(book.flush(state))
     assert state is not None
     return state, out
 
@@ -203,6 +207,15 @@ def statuses(out: list[Any]) -> list[str]:
 
 def exceptions(out: list[Any]) -> list[str]:
     return [e.value["kind"] for e in out if isinstance(e, Emit) and e.topic == "sync.exceptions"]
+
+
+def test_one_batch_of_facts_makes_one_status_update() -> None:
+    book = StatusBook({c.id for c in CHANNELS}, Slas())
+    state = None
+    for e in (header("entered"), order_line(), shipment("packed")):  # one source transaction
+        state, _ = book.apply(state, "marketplace/MP-7", e)
+    assert state is not None and statuses(book.flush(state)) == ["accepted"]
+    assert book.flush(state) == []  # nothing new
 
 
 def test_status_is_published_only_when_a_channel_visible_field_changes() -> None:
