@@ -115,6 +115,32 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, SchemaRegistry.load())
 
 
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    import secrets  # noqa: PLC0415
+
+    from erpsync.simulate import Workload  # noqa: PLC0415
+
+    tag = args.tag or f"SIM{secrets.token_hex(3).upper()}"
+    try:
+        work = Workload(settings, args.seed, tag, fault_rate=args.fault_rate, max_orders=max(1000, args.orders))
+    except ValueError as exc:
+        print(f"erpsync simulate: {exc}", file=sys.stderr)
+        return 2
+    with work:
+        manifest = work.run(args.orders, args.rate or None, timeout_s=args.timeout)
+    if args.manifest:
+        args.manifest.write_text(manifest.to_json())
+    s = manifest.summary()
+    print(f"simulate {tag} (seed {args.seed}): {s['orders']} orders, {s['submitted']} messages to commerce.orders")
+    print("  by channel: " + ", ".join(f"{k} {v}" for k, v in s["by_channel"].items()))
+    print("  intake faults: " + (", ".join(f"{k} {v}" for k, v in s["intake_faults"].items()) or "none"))
+    print("  downstream faults: " + (", ".join(f"{k} {v}" for k, v in s["downstream_faults"].items()) or "none"))
+    print(f"  imported {s['imported']}, failed {s['failed']}, allocated {s['allocated']}, shipped {s['shipped']},"
+          f" invoiced {s['invoiced']}; returns {s['returns']}, credits {s['credits']}")
+    print("  drained" if manifest.drained else f"  not drained within {args.timeout:.0f}s (is `erpsync run` running?)")
+    return 0 if manifest.drained else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="erpsync", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -153,6 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     cf.set_defaults(func=_capture_fixtures)
     sub.add_parser("demo", help="show the pipeline at work on the local stack (after `stack up`)"
                    ).set_defaults(func=_demo)
+    sim = sub.add_parser("simulate", help="play channels, ERP and WMS around a running pipeline (local stack)")
+    sim.add_argument("--orders", type=int, default=50, help="channel orders to send")
+    sim.add_argument("--rate", type=float, default=5.0, help="orders per second (0: as fast as possible)")
+    sim.add_argument("--seed", type=int, default=1, help="same seed, same orders and faults")
+    sim.add_argument("--tag", help="prefix of every id of the run, 2-16 letters/digits (default: random)")
+    sim.add_argument("--fault-rate", type=float, default=0.15, help="share of orders with an intake fault")
+    sim.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every order to finish")
+    sim.add_argument("--manifest", type=Path, help="write the manifest (ground truth) here as JSON")
+    sim.set_defaults(func=_simulate)
     sc = sub.add_parser("schemas", help="the Avro contract")
     sc_sub = sc.add_subparsers(dest="action", required=True)
     sc_sub.add_parser("check", help="fail when a schema is not backward compatible with the last release"

@@ -29,8 +29,6 @@ from erpsync.state.ats import (
     Reservation,
     SkuLedger,
     SkuState,
-    Tick,
-    to_second,
 )
 
 _ORDER_FACTS = frozenset({ORDER_TOPIC, ORDER_LINE_TOPIC, ALLOCATION_TOPIC})
@@ -91,23 +89,6 @@ class _LedgerLogic(StatefulBatchLogic[LedgerInput, Emit, SkuState]):
     def snapshot(self) -> SkuState:
         # bytewax may serialize the snapshot after later items changed the live state: hand it a copy.
         return self.state.copy()
-
-
-class SecondTicker:
-    """Forwards a Tick when this worker first sees a new second of event time.
-
-    Its memory is not recovered: after a restart the first tick is sent again, which changes nothing.
-    """
-
-    def __init__(self) -> None:
-        self.last = -1
-
-    def __call__(self, event: Emit) -> Tick | None:
-        second = to_second(event.value["source"]["commit_ts_ms"])
-        if second <= self.last:
-            return None
-        self.last = second
-        return Tick(second)
 
 
 def _order_id(event: Emit) -> str:

@@ -11,6 +11,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from erpsync.records import DeadLetter, Emit, Ignored, Outcome
+from erpsync.state.ats import Tick
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,23 @@ def reduce(step_id: str, up: Stream[tuple[str, Any]], apply: Callable[[Any, Any]
             return copy(self.state)
 
     return op.key_rm(f"{step_id}_unkey", op.stateful_batch(step_id, up, Logic))
+
+
+class Ticker:
+    """Forwards a Tick when this worker first sees a new `resolution_ms` slot of event time.
+
+    Event time is the source commit time of canonical events. Its memory is not recovered: after a
+    restart the first tick is sent again, which changes nothing (reducers keep the maximum).
+    """
+
+    def __init__(self, resolution_ms: int = 1000) -> None:
+        self.resolution_ms = resolution_ms
+        self.last = -1
+
+    def __call__(self, event: Emit) -> Tick | None:
+        ms = event.value["source"]["commit_ts_ms"]
+        slot = ms - ms % self.resolution_ms
+        if slot <= self.last:
+            return None
+        self.last = slot
+        return Tick(slot)

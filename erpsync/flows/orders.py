@@ -15,16 +15,17 @@ Steps (pure reducers from ``erpsync.state``, keyed as they need):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
+from bytewax.operators import StatefulBatchLogic
 
 from erpsync.channels import Channel
-from erpsync.flows.availability import SecondTicker
-from erpsync.flows.common import reduce
+from erpsync.flows.common import Ticker, reduce
 from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
 from erpsync.state.ats import (
     INVENTORY_TOPIC,
@@ -34,8 +35,9 @@ from erpsync.state.ats import (
     Commitment,
     Reservation,
     SkuNetwork,
+    Tick,
 )
-from erpsync.state.intake import CUSTOMER_TOPIC, PRICE_TOPIC, DeskState, IntakeDesk
+from erpsync.state.intake import CUSTOMER_TOPIC, PRICE_TOPIC, DeskInput, DeskOutput, DeskState, IntakeDesk
 from erpsync.state.order_status import (
     ORDER_FACT_TOPICS,
     SHIPMENT_TOPICS,
@@ -72,20 +74,77 @@ def _copy(state: Any) -> Any:
     return None if state is None else state.copy()
 
 
+class _DeskLogic(StatefulBatchLogic[DeskInput, DeskOutput, DeskState]):
+    """The intake desk, plus the wall-clock release of orders held while the sources are quiet.
+
+    Live, an order waits for source event time to reach it (see ``erpsync.state.intake``); when no
+    tick has come for `hold_ms` of wall time the sources are idle and the order is decided on the
+    state as it is. Replay has no wall clock: waiting orders are decided at the end of input.
+    """
+
+    def __init__(self, desk: IntakeDesk, resume: DeskState | None, live: bool, hold_ms: int) -> None:
+        self.desk = desk
+        self.state = resume or DeskState()
+        self.live = live
+        self.hold = timedelta(milliseconds=hold_ms)
+        self.last_tick = self.waiting_since = datetime.now(UTC)
+        self.wake: datetime | None = None
+        self._arm(bool(self.state.waiting))
+
+    def _arm(self, was_waiting: bool) -> None:
+        if not self.live or not self.state.waiting:
+            self.wake = None
+            return
+        if not was_waiting:
+            self.waiting_since = datetime.now(UTC)
+        self.wake = max(self.last_tick, self.waiting_since) + self.hold
+
+    def on_batch(self, values: list[DeskInput]) -> tuple[Iterable[DeskOutput], bool]:
+        was_waiting = bool(self.state.waiting)
+        out: list[DeskOutput] = []
+        for value in values:
+            self.state, outs = self.desk.apply(self.state, value)
+            out.extend(outs)
+            if isinstance(value, Tick):
+                self.last_tick = datetime.now(UTC)
+        self._arm(was_waiting)
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[DeskOutput], bool]:
+        out = self.desk.release(self.state)
+        self._arm(False)
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[DeskOutput], bool]:
+        return self.desk.release(self.state), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return self.wake
+
+    def snapshot(self) -> DeskState:
+        return self.state.copy()
+
+
 def orders(canonical: Stream[Emit], commitments: Stream[Commitment], channel_orders: Stream[RawRecord],
-           channels: Sequence[Channel], slas: Slas) -> OrdersOut:
-    """The orders dataflow; `commitments` come from the availability flow's order lines step."""
+           channels: Sequence[Channel], slas: Slas, *, live: bool = True, hold_ms: int = 1000) -> OrdersOut:
+    """The orders dataflow; `commitments` come from the availability flow's order lines step.
+
+    live=False (replay): orders held for source time are decided at the end of input, not by a
+    wall-clock timer (see ``_DeskLogic``).
+    """
     network = SkuNetwork(channels)
     sku_facts = op.filter("orders_sku_facts", canonical, lambda e: e.topic in (INVENTORY_TOPIC, ITEM_TOPIC))
     net_in = op.key_on("orders_by_sku", op.merge("orders_network_in", sku_facts, commitments), _sku)
     changes = reduce("orders_network", net_in, lambda st, e: network.apply(st, _sku(e), e), _copy)
 
-    desk = IntakeDesk(channels)
-    ticks = op.filter_map("orders_ticks", canonical, SecondTicker())
+    desk = IntakeDesk(channels, tick_ms=100)
+    ticks = op.filter_map("orders_ticks", canonical, Ticker(1000))
+    fine_ticks = op.filter_map("orders_fine_ticks", canonical, Ticker(desk.tick_ms))
     desk_facts = op.filter("orders_desk_facts", canonical, lambda e: e.topic in _DESK_FACTS)
-    desk_in = op.merge("orders_desk_in", channel_orders, desk_facts, changes, ticks)
-    desk_out = reduce("orders_intake", op.key_on("orders_one_desk", desk_in, lambda _: "intake"),
-                      desk.apply, lambda st: None if st is None else DeskState.copy(st))
+    desk_in: Stream[DeskInput] = op.merge("orders_desk_in", channel_orders, desk_facts, changes, fine_ticks)
+    desk_out: Stream[Any] = op.key_rm("orders_intake_unkey", op.stateful_batch(
+        "orders_intake", op.key_on("orders_one_desk", desk_in, lambda _: "intake"),
+        lambda resume: _DeskLogic(desk, resume, live, hold_ms)))
     is_reservation = op.branch("orders_is_reservation", desk_out, lambda o: isinstance(o, Reservation))
     is_decision = op.branch("orders_is_decision", is_reservation.falses, lambda o: isinstance(o, IntakeDecision))
     is_emit = op.branch("orders_is_emit", is_decision.falses, lambda o: isinstance(o, Emit))

@@ -61,7 +61,7 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
     channel_orders = op.branch("is_channel_order", raw, lambda r: r.topic == COMMERCE_ORDERS_TOPIC)
     canon = canonicalize(channel_orders.falses, make_canonicalizer(registry))
     committed = commitments(canon.emits)
-    governed = orders(canon.emits, committed, channel_orders.trues, channels, slas or Slas())
+    governed = orders(canon.emits, committed, channel_orders.trues, channels, slas or Slas(), live=live)
     derived = availability(canon.emits, committed, governed.reservations, channels, live=live)
     sinks.emits("out_emits", op.merge("all_emits", canon.emits, derived, governed.emits))
     sinks.availability("out_availability", op.filter(

@@ -9,6 +9,12 @@ clock or a database.
 network availability before reservations (``NetworkChange`` from ``SkuNetwork``) and the pending
 reservations of the orders it accepted, so "ATS at validation, counting earlier accepted orders"
 is exact: ``max(0, floor((network − reserved) × share))``, the ledger's own formula.
+
+An order is validated against the sources as of its own time: the desk holds it until source
+event time (``Tick``s from canonical events) has reached the order's Kafka timestamp. Catching up
+on a backlog, or replaying a dump, then decides each order on the same state as a pipeline that
+kept up would have. When the sources are quiet no tick comes; the flow then calls ``release``
+after a short wall-clock wait (live) or at the end of input (replay).
 """
 
 from __future__ import annotations
@@ -262,6 +268,8 @@ class DeskState:
     reserved: dict[str, int] = field(default_factory=dict)  # sku -> reserved by pending intakes
     accepted: set[str] = field(default_factory=set)  # "<channel>/<ext id>" accepted once: never again
     sequence: int = 0  # accepted orders so far: the "commerce" position of what they cause
+    waiting: list[RawRecord] = field(default_factory=list)  # orders ahead of source event time, in arrival order
+    watermark_ms: int = 0  # newest source event time seen (tick resolution)
 
     def copy(self) -> DeskState:
         """A snapshot copy (containers copied, immutable values shared)."""
@@ -269,13 +277,14 @@ class DeskState:
         catalog = Catalog(dict(self.catalog.customers), dict(self.catalog.items), dict(self.catalog.prices))
         return DeskState(catalog, dict(self.fences), {k: dict(v) for k, v in self.price_rows.items()},
                          dict(self.network), pending, dict(self.held), dict(self.reserved), set(self.accepted),
-                         self.sequence)
+                         self.sequence, list(self.waiting), self.watermark_ms)
 
 
 class IntakeDesk:
     """Reducer for intake governance, under one key (see the module doc)."""
 
-    def __init__(self, channels: Sequence[Channel]) -> None:
+    def __init__(self, channels: Sequence[Channel], tick_ms: int = 100) -> None:
+        self.tick_ms = tick_ms  # resolution of the ticks the flow sends
         self.channels = {c.id: c for c in channels}
         self.index = {c.id: i for i, c in enumerate(channels)}
         self.shares = {c.id: (c.share_exact.numerator, c.share_exact.denominator) for c in channels}
@@ -285,18 +294,39 @@ class IntakeDesk:
         st = state or DeskState()
         out: list[DeskOutput] = []
         if isinstance(event, RawRecord):
-            out.extend(self._order(st, event))
+            if st.waiting or not self._due(st, event):
+                st.waiting.append(event)
+            else:
+                out.extend(self._order(st, event))
         elif isinstance(event, NetworkChange):
             old = st.network.get(event.sku)
             if old is None or event.version > old[0]:
                 st.network[event.sku] = (event.version, event.status, event.networks)
         elif isinstance(event, Tick):
+            st.watermark_ms = max(st.watermark_ms, event.event_ms)
             out.extend(self._reserve(st, event))
+            if st.waiting:
+                due = [raw for raw in st.waiting if self._due(st, raw)]
+                st.waiting = [raw for raw in st.waiting if not self._due(st, raw)]
+                for raw in due:
+                    out.extend(self._order(st, raw))
         elif event.topic in (ORDER_TOPIC, ORDER_INTAKE_TOPIC):
             out.extend(self._reserve(st, event))
         else:
             self._catalog(st, event)
         return st, out
+
+    def release(self, st: DeskState) -> list[DeskOutput]:
+        """Validate every waiting order now: the sources are quiet (live) or the input ended (replay)."""
+        out: list[DeskOutput] = []
+        waiting, st.waiting = st.waiting, []
+        for raw in waiting:
+            out.extend(self._order(st, raw))
+        return out
+
+    def _due(self, st: DeskState, raw: RawRecord) -> bool:
+        """Whether source event time has reached the order's time (within the tick resolution)."""
+        return raw.timestamp_ms - raw.timestamp_ms % self.tick_ms <= st.watermark_ms
 
     # -- catalog
 

@@ -9,8 +9,8 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from hypothesis import HealthCheck, given, settings
 
-from erpsync.flows.availability import SecondTicker, availability, commitments
-from erpsync.flows.common import reduce
+from erpsync.flows.availability import availability, commitments
+from erpsync.flows.common import Ticker, reduce
 from erpsync.records import Emit
 from erpsync.state.ats import AVAILABILITY_SCHEMA, IntakeAccepted, Reservation, Reservations
 from tests.unit.test_ats_properties import CHANNELS, SKUS, World, expected_ats, histories
@@ -26,7 +26,7 @@ def run_records(events: list[Any], workers: int) -> list[Emit]:
     # The reservations the orders flow's intake desk makes for accepted orders (same reducer).
     intake_facts = op.filter("intake_facts", canonical, lambda e: e.topic in ("canonical.order",
                                                                                 "canonical.order-intake"))
-    ticks = op.filter_map("ticks", canonical, SecondTicker())
+    ticks = op.filter_map("ticks", canonical, Ticker())
     desk_in = op.key_on("one_desk", op.merge("desk_in", split.trues, intake_facts, ticks), lambda _: "intake")
     reservations = Reservations(CHANNELS)
     held = reduce("reservations", desk_in, reservations.apply, lambda s: s)

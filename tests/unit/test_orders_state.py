@@ -50,6 +50,7 @@ def catalog_events(on_hand: int = 10) -> list[Any]:
                               system="wms")):
         state, changes = network.apply(state, "SKU-1", e)
         events.extend(changes)
+    events.append(Tick(T0))  # source event time has reached T0 (the flow ticks on canonical events)
     return events
 
 
@@ -108,6 +109,22 @@ def test_malformed_orders_are_rejected_and_undecodable_bytes_go_to_the_dlq() -> 
     assert [(d.external_order_id, d.reasons) for d in of(IntakeDecision, out)] == [
         ("MP-X", ("malformed",)), ("MP-Y", ("malformed",))]
     assert [d.raw.offset for d in of(DeadLetter, out)] == [6, 7]
+
+
+def test_an_order_ahead_of_the_sources_waits_for_them() -> None:
+    # the order (Kafka time T0 + 5 s) arrives before the stock update the WMS committed at T0 + 4 s
+    state, out = run_desk([*catalog_events(10), channel_order("MP-1", qty=50, ms=T0 + 5000)])
+    assert out == [] and len(state.waiting) == 1
+    restocked = NetworkChange("SKU-1", 99, "active", (100, 100, 100), T0 + 4000)  # the WMS at T0 + 4 s
+    state, out = run_desk([restocked, Tick(T0 + 4000)], state)
+    assert out == []  # source time T0 + 4 s: still before the order
+    state, out = run_desk([Tick(T0 + 5000)], state)
+    assert [d.reasons for d in of(IntakeDecision, out)] == [()]  # decided on the restocked state
+    # quiet sources: the flow releases waiting orders after a wall-clock wait (or at the end of input)
+    state, out = run_desk([channel_order("MP-2", qty=1, ms=T0 + 60_000)], state)
+    assert out == []
+    assert [d.reasons for d in of(IntakeDecision, IntakeDesk(CHANNELS).release(state))] == [()]
+    assert state.waiting == []
 
 
 def test_unknown_channel_goes_to_the_dlq() -> None:
