@@ -73,7 +73,7 @@ def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int
 
 def channel_serializer(channels: Sequence[Channel], avro: Serializer) -> Serializer:
     """Avro by default; plain JSON (same fields) for channels whose storefront team reads JSON."""
-    json_topics = {c.topic for c in channels if c.outputs.format == "json"}
+    json_topics = {t for c in channels if c.outputs.format == "json" for t in (c.topic, c.order_status_topic)}
 
     def serialize(topic: str, schema: str, value: dict[str, Any]) -> bytes:
         if topic in json_topics:
@@ -97,7 +97,7 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
                         {"cleanup.policy": "compact"})
     ops_db.migrate(settings)
     serialize = channel_serializer(channels, make_value_serializer(registry, settings.kafka.schema_registry_url))
-    kafka_off = {c.topic for c in channels if not c.outputs.kafka}
+    kafka_off = {t for c in channels if not c.outputs.kafka for t in (c.topic, c.order_status_topic)}
     to_redis = {c.id for c in channels if c.outputs.redis}
 
     def raw(flow: Dataflow) -> tuple[Stream[RawRecord], Stream[DeadLetter]]:

@@ -58,20 +58,22 @@ def reduce(step_id: str, up: Stream[tuple[str, Any]], apply: Callable[[Any, Any]
 
 
 class Ticker:
-    """Forwards a Tick when this worker first sees a new `resolution_ms` slot of event time.
+    """Forwards a Tick when this worker first sees a new `resolution_ms` slot of a source's event time.
 
-    Event time is the source commit time of canonical events. Its memory is not recovered: after a
-    restart the first tick is sent again, which changes nothing (reducers keep the maximum).
+    Event time is the source commit time of canonical events, per source system. Its memory is not
+    recovered: after a restart the first ticks are sent again, which changes nothing (reducers keep
+    the maximum).
     """
 
     def __init__(self, resolution_ms: int = 1000) -> None:
         self.resolution_ms = resolution_ms
-        self.last = -1
+        self.last: dict[str, int] = {}
 
     def __call__(self, event: Emit) -> Tick | None:
-        ms = event.value["source"]["commit_ts_ms"]
+        source = event.value["source"]
+        ms, system = source["commit_ts_ms"], source["system"]
         slot = ms - ms % self.resolution_ms
-        if slot <= self.last:
+        if slot <= self.last.get(system, -1):
             return None
-        self.last = slot
-        return Tick(slot)
+        self.last[system] = slot
+        return Tick(slot, system)

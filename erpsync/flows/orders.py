@@ -75,11 +75,11 @@ def _copy(state: Any) -> Any:
 
 
 class _DeskLogic(StatefulBatchLogic[DeskInput, DeskOutput, DeskState]):
-    """The intake desk, plus the wall-clock release of orders held while the sources are quiet.
+    """The intake desk, plus the wall-clock test for quiet sources (live only).
 
-    Live, an order waits for source event time to reach it (see ``erpsync.state.intake``); when no
-    tick has come for `hold_ms` of wall time the sources are idle and the order is decided on the
-    state as it is. Replay has no wall clock: waiting orders are decided at the end of input.
+    An order waits for every source's event time to reach it (see ``erpsync.state.intake``). A
+    source that sent no tick for `hold_ms` of wall time is quiet (idle, not lagging): orders stop
+    waiting for it. Replay has no wall clock; the desk judges quietness in event time there.
     """
 
     def __init__(self, desk: IntakeDesk, resume: DeskState | None, live: bool, hold_ms: int) -> None:
@@ -87,32 +87,35 @@ class _DeskLogic(StatefulBatchLogic[DeskInput, DeskOutput, DeskState]):
         self.state = resume or DeskState()
         self.live = live
         self.hold = timedelta(milliseconds=hold_ms)
-        self.last_tick = self.waiting_since = datetime.now(UTC)
+        now = datetime.now(UTC)
+        self.last_tick = {system: now for system in self.state.watermarks}  # a restart is not quiet
         self.wake: datetime | None = None
-        self._arm(bool(self.state.waiting))
+        self._arm()
 
-    def _arm(self, was_waiting: bool) -> None:
+    def _arm(self) -> None:
         if not self.live or not self.state.waiting:
             self.wake = None
             return
-        if not was_waiting:
-            self.waiting_since = datetime.now(UTC)
-        self.wake = max(self.last_tick, self.waiting_since) + self.hold
+        now = datetime.now(UTC)
+        soonest = min((t + self.hold for t in self.last_tick.values()), default=now)
+        self.wake = soonest if soonest > now else now + self.hold
 
     def on_batch(self, values: list[DeskInput]) -> tuple[Iterable[DeskOutput], bool]:
-        was_waiting = bool(self.state.waiting)
         out: list[DeskOutput] = []
+        now = datetime.now(UTC)
         for value in values:
             self.state, outs = self.desk.apply(self.state, value)
             out.extend(outs)
-            if isinstance(value, Tick):
-                self.last_tick = datetime.now(UTC)
-        self._arm(was_waiting)
+            if isinstance(value, Tick) and value.system:
+                self.last_tick[value.system] = now
+        self._arm()
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[DeskOutput], bool]:
-        out = self.desk.release(self.state)
-        self._arm(False)
+        now = datetime.now(UTC)
+        quiet = frozenset(s for s in self.state.watermarks if now - self.last_tick.get(s, now) >= self.hold)
+        out = self.desk.release(self.state, quiet)
+        self._arm()
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[DeskOutput], bool]:
@@ -137,7 +140,7 @@ def orders(canonical: Stream[Emit], commitments: Stream[Commitment], channel_ord
     net_in = op.key_on("orders_by_sku", op.merge("orders_network_in", sku_facts, commitments), _sku)
     changes = reduce("orders_network", net_in, lambda st, e: network.apply(st, _sku(e), e), _copy)
 
-    desk = IntakeDesk(channels, tick_ms=100)
+    desk = IntakeDesk(channels, tick_ms=100, quiet_ms=None if live else hold_ms)
     ticks = op.filter_map("orders_ticks", canonical, Ticker(1000))
     fine_ticks = op.filter_map("orders_fine_ticks", canonical, Ticker(desk.tick_ms))
     desk_facts = op.filter("orders_desk_facts", canonical, lambda e: e.topic in _DESK_FACTS)

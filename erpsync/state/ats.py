@@ -79,9 +79,10 @@ class IntakeAccepted:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """Event time has reached `event_ms` (whole seconds) somewhere in the sources: TTLs may expire."""
+    """Event time of source `system` has reached `event_ms` (at the ticker's resolution): TTLs may expire."""
 
     event_ms: int
+    system: str = ""
 
 
 def to_second(event_ms: int) -> int:

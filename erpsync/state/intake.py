@@ -10,11 +10,13 @@ network availability before reservations (``NetworkChange`` from ``SkuNetwork``)
 reservations of the orders it accepted, so "ATS at validation, counting earlier accepted orders"
 is exact: ``max(0, floor((network − reserved) × share))``, the ledger's own formula.
 
-An order is validated against the sources as of its own time: the desk holds it until source
-event time (``Tick``s from canonical events) has reached the order's Kafka timestamp. Catching up
-on a backlog, or replaying a dump, then decides each order on the same state as a pipeline that
-kept up would have. When the sources are quiet no tick comes; the flow then calls ``release``
-after a short wall-clock wait (live) or at the end of input (replay).
+An order is validated against the sources as of its own time: the desk holds it until the event
+time of every source system (``Tick``s from canonical events, per system) has reached the order's
+Kafka timestamp. Catching up on a backlog (where one source may lag another), or replaying a dump,
+then decides each order on the same state as a pipeline that kept up would have. A quiet source
+sends no ticks: live, the flow tells ``release`` which systems have been quiet for a short
+wall-clock wait; in replay (no wall clock) a system counts as quiet once another system's event
+time is `quiet_ms` past the order; at the end of input everything waiting is decided.
 """
 
 from __future__ import annotations
@@ -269,7 +271,7 @@ class DeskState:
     accepted: set[str] = field(default_factory=set)  # "<channel>/<ext id>" accepted once: never again
     sequence: int = 0  # accepted orders so far: the "commerce" position of what they cause
     waiting: list[RawRecord] = field(default_factory=list)  # orders ahead of source event time, in arrival order
-    watermark_ms: int = 0  # newest source event time seen (tick resolution)
+    watermarks: dict[str, int] = field(default_factory=dict)  # source system -> newest event time (tick slots)
 
     def copy(self) -> DeskState:
         """A snapshot copy (containers copied, immutable values shared)."""
@@ -277,14 +279,15 @@ class DeskState:
         catalog = Catalog(dict(self.catalog.customers), dict(self.catalog.items), dict(self.catalog.prices))
         return DeskState(catalog, dict(self.fences), {k: dict(v) for k, v in self.price_rows.items()},
                          dict(self.network), pending, dict(self.held), dict(self.reserved), set(self.accepted),
-                         self.sequence, list(self.waiting), self.watermark_ms)
+                         self.sequence, list(self.waiting), dict(self.watermarks))
 
 
 class IntakeDesk:
     """Reducer for intake governance, under one key (see the module doc)."""
 
-    def __init__(self, channels: Sequence[Channel], tick_ms: int = 100) -> None:
+    def __init__(self, channels: Sequence[Channel], tick_ms: int = 100, quiet_ms: int | None = None) -> None:
         self.tick_ms = tick_ms  # resolution of the ticks the flow sends
+        self.quiet_ms = quiet_ms  # replay: a system is quiet once another is this far past the order
         self.channels = {c.id: c for c in channels}
         self.index = {c.id: i for i, c in enumerate(channels)}
         self.shares = {c.id: (c.share_exact.numerator, c.share_exact.denominator) for c in channels}
@@ -294,7 +297,7 @@ class IntakeDesk:
         st = state or DeskState()
         out: list[DeskOutput] = []
         if isinstance(event, RawRecord):
-            if st.waiting or not self._due(st, event):
+            if st.waiting or not st.watermarks or not self._due(st, event):
                 st.waiting.append(event)
             else:
                 out.extend(self._order(st, event))
@@ -303,30 +306,35 @@ class IntakeDesk:
             if old is None or event.version > old[0]:
                 st.network[event.sku] = (event.version, event.status, event.networks)
         elif isinstance(event, Tick):
-            st.watermark_ms = max(st.watermark_ms, event.event_ms)
+            if event.system and event.event_ms > st.watermarks.get(event.system, -1):
+                st.watermarks[event.system] = event.event_ms
             out.extend(self._reserve(st, event))
             if st.waiting:
-                due = [raw for raw in st.waiting if self._due(st, raw)]
-                st.waiting = [raw for raw in st.waiting if not self._due(st, raw)]
-                for raw in due:
-                    out.extend(self._order(st, raw))
+                out.extend(self.release(st, frozenset()))
         elif event.topic in (ORDER_TOPIC, ORDER_INTAKE_TOPIC):
             out.extend(self._reserve(st, event))
         else:
             self._catalog(st, event)
         return st, out
 
-    def release(self, st: DeskState) -> list[DeskOutput]:
-        """Validate every waiting order now: the sources are quiet (live) or the input ended (replay)."""
+    def release(self, st: DeskState, quiet: frozenset[str] | None = None) -> list[DeskOutput]:
+        """Validate the waiting orders that are due, counting `quiet` systems as caught up (None: all)."""
         out: list[DeskOutput] = []
-        waiting, st.waiting = st.waiting, []
-        for raw in waiting:
-            out.extend(self._order(st, raw))
+        still: list[RawRecord] = []
+        for raw in st.waiting:
+            if quiet is None or self._due(st, raw, quiet):
+                out.extend(self._order(st, raw))
+            else:
+                still.append(raw)
+        st.waiting = still
         return out
 
-    def _due(self, st: DeskState, raw: RawRecord) -> bool:
-        """Whether source event time has reached the order's time (within the tick resolution)."""
-        return raw.timestamp_ms - raw.timestamp_ms % self.tick_ms <= st.watermark_ms
+    def _due(self, st: DeskState, raw: RawRecord, quiet: frozenset[str] = frozenset()) -> bool:
+        """Whether every source's event time has reached the order's time (within the tick resolution)."""
+        slot = raw.timestamp_ms - raw.timestamp_ms % self.tick_ms
+        newest = max(st.watermarks.values(), default=-1)
+        replay_quiet = self.quiet_ms is not None and newest >= slot + self.quiet_ms
+        return all(ms >= slot or system in quiet or replay_quiet for system, ms in st.watermarks.items())
 
     # -- catalog
 

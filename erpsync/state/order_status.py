@@ -257,9 +257,13 @@ def _mismatch(facts: OrderFacts, status: str | None) -> str:
     if facts.header is None:
         return ""
     erp = facts.header[2]
-    if erp in ("shipped", "invoiced") and status not in ("shipped", "invoiced", "closed", "cancelled"):
-        return f"the ERP says {erp} but the WMS has not dispatched every open line"
-    if status == "shipped" and erp in ("entered", "released", "allocated", "on_hold"):
+    shipped = shipped_by_line(facts)
+    open_lines = {n: line[2] for n, line in facts.lines.items() if line[3] in ("open", "shipped")}
+    covered = bool(open_lines) and all(shipped.get(n, 0) >= qty for n, qty in open_lines.items())
+    if erp in ("shipped", "invoiced", "closed") and open_lines and not covered:
+        short = sorted(n for n, qty in open_lines.items() if shipped.get(n, 0) < qty)
+        return f"the ERP says {erp} but the WMS has not dispatched all of line(s) {', '.join(map(str, short))}"
+    if covered and erp in ("entered", "released", "allocated", "on_hold"):
         return f"the WMS dispatched every line but the ERP still says {erp}"
     live_allocations = any(a[3] not in ("cancelled", "deleted", "shipped") for a in facts.allocations.values())
     if erp == "cancelled" and live_allocations:

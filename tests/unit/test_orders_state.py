@@ -50,8 +50,12 @@ def catalog_events(on_hand: int = 10) -> list[Any]:
                               system="wms")):
         state, changes = network.apply(state, "SKU-1", e)
         events.extend(changes)
-    events.append(Tick(T0))  # source event time has reached T0 (the flow ticks on canonical events)
+    events.extend(ticks(T0))  # source event time has reached T0 (the flow ticks on canonical events)
     return events
+
+
+def ticks(ms: int) -> list[Tick]:
+    return [Tick(ms, "erp"), Tick(ms, "wms")]
 
 
 def run_desk(events: list[Any], state: DeskState | None = None) -> tuple[DeskState, list[Any]]:
@@ -116,15 +120,24 @@ def test_an_order_ahead_of_the_sources_waits_for_them() -> None:
     state, out = run_desk([*catalog_events(10), channel_order("MP-1", qty=50, ms=T0 + 5000)])
     assert out == [] and len(state.waiting) == 1
     restocked = NetworkChange("SKU-1", 99, "active", (100, 100, 100), T0 + 4000)  # the WMS at T0 + 4 s
-    state, out = run_desk([restocked, Tick(T0 + 4000)], state)
+    state, out = run_desk([restocked, *ticks(T0 + 4000)], state)
     assert out == []  # source time T0 + 4 s: still before the order
-    state, out = run_desk([Tick(T0 + 5000)], state)
+    state, out = run_desk([Tick(T0 + 5000, "erp")], state)
+    assert out == []  # the ERP is there, the WMS is not (catching up, say)
+    state, out = run_desk([Tick(T0 + 5000, "wms")], state)
     assert [d.reasons for d in of(IntakeDecision, out)] == [()]  # decided on the restocked state
-    # quiet sources: the flow releases waiting orders after a wall-clock wait (or at the end of input)
-    state, out = run_desk([channel_order("MP-2", qty=1, ms=T0 + 60_000)], state)
+    # a quiet WMS: live, the flow names it quiet after a wall-clock wait; at the end of input all go
+    state, out = run_desk([Tick(T0 + 60_000, "erp"), channel_order("MP-2", qty=1, ms=T0 + 60_000)], state)
     assert out == []
-    assert [d.reasons for d in of(IntakeDecision, IntakeDesk(CHANNELS).release(state))] == [()]
+    desk = IntakeDesk(CHANNELS)
+    assert desk.release(state, frozenset({"erp"})) == [] and len(state.waiting) == 1
+    assert [d.reasons for d in of(IntakeDecision, desk.release(state, frozenset({"wms"})))] == [()]
     assert state.waiting == []
+    # replay judges quietness in event time: another system quiet_ms past the order
+    state, _ = run_desk([channel_order("MP-3", qty=1, ms=T0 + 61_000)], state)
+    replay_desk = IntakeDesk(CHANNELS, quiet_ms=1000)
+    assert replay_desk.apply(state, Tick(T0 + 61_500, "erp"))[1] == []
+    assert [type(o).__name__ for o in replay_desk.apply(state, Tick(T0 + 62_000, "erp"))[1]][:1] == ["IntakeDecision"]
 
 
 def test_unknown_channel_goes_to_the_dlq() -> None:
@@ -134,9 +147,9 @@ def test_unknown_channel_goes_to_the_dlq() -> None:
 
 def test_an_unconfirmed_intake_expires_on_event_time() -> None:
     ttl_ms = BY_ID["marketplace"].intake.intake_ttl_s * 1000
-    state, out = run_desk([*catalog_events(), channel_order("MP-1"), Tick(T0 + ttl_ms - 1000)])
+    state, out = run_desk([*catalog_events(), channel_order("MP-1"), *ticks(T0 + ttl_ms - 1000)])
     assert not [e for e in of(Emit, out) if e.topic == "sync.exceptions"]
-    state, out = run_desk([Tick(T0 + ttl_ms)], state)
+    state, out = run_desk(ticks(T0 + ttl_ms), state)
     assert [e.value["kind"] for e in of(Emit, out)] == ["intake_unconfirmed"]
     assert [r.qty for r in of(Reservation, out)] == [0] and state.reserved == {}
 
@@ -302,3 +315,11 @@ def test_the_clock_fires_a_deadline_once_when_event_time_passes_it() -> None:
     assert out == []  # disarmed before it was due
     state, out = clock.apply(state, Deadline("status_mismatch", "marketplace/MP-7", T0 + 100, "disagree"))
     assert [e.value["kind"] for e in out] == ["status_mismatch"]  # already past due: fires at once
+
+
+def test_a_short_shipment_the_erp_calls_shipped_is_a_status_mismatch() -> None:
+    slas = Slas(status_grace_ms=500)
+    state, out = book_run([header("entered"), order_line(2), shipment(), shipped(1)], slas)
+    assert ("status_mismatch", T0 + 500) not in deadlines(out)
+    _, out = book_run([header("invoiced", ms=T0 + 50), invoice()], slas, state)
+    assert [k for k, d in deadlines(out) if d is not None] == ["status_mismatch"]
