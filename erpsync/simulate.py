@@ -1050,10 +1050,14 @@ class Workload:
                 self._advance(key, _STAGE_OF_STATUS.get(status, "imported"))
 
     def step(self) -> None:
-        """One round of the ERP and the WMS: import, fulfil, invoice/return/credit; then observe."""
-        self.erp_import()
-        self.wms_step()
+        """One round of the ERP and the WMS: invoice/return/credit, fulfil, import; then observe.
+
+        Latest stage first, so an order moves on at most one stage a round, as in a real ERP and
+        WMS where import, allocation and shipping are separate moments (and channels see each).
+        """
         self.erp_finance()
+        self.wms_step()
+        self.erp_import()
         self.observe()
 
     def finished(self, key: str) -> bool:

@@ -15,7 +15,7 @@ arms the SLA deadlines of ``erpsync.state.sla``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from erpsync.records import Emit
@@ -25,6 +25,9 @@ from erpsync.state.sla import Deadline, Slas
 
 ORDER_STATUS_SCHEMA = "io.erpsync.OrderStatus"
 SHIPPED_STATES = frozenset({"dispatched", "delivered"})
+STATUS_FACTS = frozenset({"canonical.order", "canonical.order-line", "canonical.allocation", "canonical.shipment",
+                          "canonical.shipment-line", "canonical.invoice"})
+CENT = Decimal("0.01")  # amounts are compared in cents, rounded half up as the ERP (PostgreSQL) rounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +127,8 @@ class OrderFacts:
                 position, v["rma_id"], Decimal(v["amount"]))
         else:
             return False
-        self.last_fact_ms = max(self.last_fact_ms, int(src["commit_ts_ms"]))
+        if topic in STATUS_FACTS:  # returns and credit memos are not part of what the status shows
+            self.last_fact_ms = max(self.last_fact_ms, int(src["commit_ts_ms"]))
         return True
 
 
@@ -183,10 +187,15 @@ def derive(facts: OrderFacts, channel: str, external_order_id: str) -> dict[str,
 
 
 def visible(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What a channel can see of a status record: all of it but the time of the newest fact."""
-    if record is None:
-        return None
-    return {k: v for k, v in record.items() if k != "last_fact_ms"}
+    """What a channel can see of a status record: all of it, the time of its newest fact included.
+
+    That time is the newest event time over every fact the status shows (intake decision, ERP
+    order, lines, allocations, shipments, invoices), a maximum over the set of facts: so the last
+    record published for an order is the same whatever order or batches its facts came in (a
+    replay publishes what the live pipeline did). A fact that changes nothing else still moves it,
+    and is published: the channel learns its view of the order is current as of that time.
+    """
+    return record
 
 
 # ----------------------------------------------------------------------------- checks and deadlines
@@ -226,7 +235,7 @@ def checks(facts: OrderFacts) -> dict[str, tuple[str, dict[str, Any]]]:
         if returned is None or returned[1] < 0:
             continue
         credited = sum((c[2] for c in facts.credits.values() if c[1] == rma), Decimal(0))
-        expected = facts.prices.get(returned[1], Decimal(0)) * returned[2]
+        expected = (facts.prices.get(returned[1], Decimal(0)) * returned[2]).quantize(CENT, ROUND_HALF_UP)
         if credited != expected:
             found["credit_discrepancy"] = (f"credited {credited} for return {rma}, expected {expected}",
                                            {"rma_id": rma, "credited": str(credited), "expected": str(expected)})

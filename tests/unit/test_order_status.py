@@ -116,10 +116,12 @@ def test_stale_facts_are_ignored() -> None:
     assert facts.header is not None and facts.header[2] == "released"
 
 
-def test_visible_ignores_only_the_fact_time() -> None:
-    a = status_after(order("entered"))
-    b = status_after(order("entered"), order("released"))  # status stays "accepted"; a newer fact time
-    assert a is not None and b is not None and a["last_fact_ms"] != b["last_fact_ms"]
-    assert visible(a) == visible(b)
-    c = status_after(order("entered"), line(1, 1))
-    assert visible(c) != visible(a)
+def test_the_newest_status_fact_time_is_visible_and_order_independent() -> None:
+    entered, released = order("entered"), order("released")
+    a, b = status_after(entered), status_after(entered, released)  # status stays "accepted"; a newer fact time
+    assert a is not None and b is not None and a["status"] == b["status"] == "accepted"
+    assert visible(a) != visible(b)  # the channel learns its view is current as of the newer fact
+    ret = fact("canonical.return", [1], {"rma_id": "R1", "order_id": 7, "line_no": 1, "qty": 1})
+    assert status_after(entered, released, ret) == b  # a return is not a status fact
+    events = [order("entered"), line(1, 2), allocation(1, 1, 2), shipment(1, "dispatched"), shipment_line(1, 1, 2)]
+    assert status_after(*events) == status_after(*reversed(events)) == status_after(*events[2:], *events[:2])

@@ -323,3 +323,10 @@ def test_a_short_shipment_the_erp_calls_shipped_is_a_status_mismatch() -> None:
     assert ("status_mismatch", T0 + 500) not in deadlines(out)
     _, out = book_run([header("invoiced", ms=T0 + 50), invoice()], slas, state)
     assert [k for k, d in deadlines(out) if d is not None] == ["status_mismatch"]
+
+
+def test_credits_are_compared_in_cents() -> None:
+    ret = fact("canonical.return", {"order_id": 7, "rma_id": "R1", "line_no": 1, "qty": 3}, system="wms")
+    memo = fact("canonical.credit-memo", {"order_id": 7, "credit_memo_id": 4, "rma_id": "R1", "amount": "37.00"})
+    _, out = book_run([header("invoiced"), order_line(3, "12.3333"), ret, memo])  # 36.9999 is 37.00
+    assert exceptions(out) == []
