@@ -2,7 +2,9 @@
 
 Starts the pipeline, makes ERP and WMS changes (one of them invalid), and shows each Debezium
 change event, the canonical record it became, the dead-lettered record with its reason, and the
-available-to-sell per channel that storefronts read from Redis.
+available-to-sell per channel that storefronts read from Redis. Then the reference workload
+(``erpsync simulate``) sends channel orders, some faulty, and plays the ERP and the WMS: the demo
+shows each order's status as channels read it and the exceptions the faults raised.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from typing import Any
 import psycopg
 import pymysql
 import redis
-from confluent_kafka import Consumer
+from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from erpsync.channels import load_channels
-from erpsync.records import DLQ_TOPIC
+from erpsync.connectors import ops_db
+from erpsync.records import DLQ_TOPIC, EXCEPTIONS_TOPIC
 from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
 from erpsync.settings import Settings
+from erpsync.simulate import Manifest, Workload
 
 RAW = ["erp.erp.items", "erp.erp.customers", "wms.wms.inventory_balances", "wms.wms.allocations"]
 CANONICAL = ["canonical.item", "canonical.customer", "canonical.inventory-position", "canonical.allocation"]
@@ -55,11 +59,17 @@ def _changes(settings: Settings, tag: str) -> None:
     wms.close()
 
 
-def _read(settings: Settings, topics: list[str], tag: str, expected: int, timeout_s: float) -> list[Any]:
+def _read(settings: Settings, topics: list[str], tag: str, expected: int, timeout_s: float,
+          since_ms: int | None = None) -> list[Any]:
+    """Records of `topics` that mention `tag`, written since `since_ms` (default: the last 10 minutes)."""
+    since_ms = since_ms if since_ms is not None else int(time.time() * 1000) - 600_000
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
-                         "group.id": f"demo-{tag}-{secrets.token_hex(2)}", "auto.offset.reset": "earliest",
-                         "topic.metadata.refresh.interval.ms": 1000})
-    consumer.subscribe(topics)
+                         "group.id": f"demo-{tag}-{secrets.token_hex(2)}", "auto.offset.reset": "earliest"})
+    meta = consumer.list_topics(timeout=10)
+    wanted = [TopicPartition(t, p, since_ms) for t in topics if t in meta.topics for p in meta.topics[t].partitions]
+    # Start at the first record written since since_ms (the end, where there is none yet).
+    consumer.assign([TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
+                     for tp in consumer.offsets_for_times(wanted, timeout=10)])
     out: list[Any] = []
     deadline = time.monotonic() + timeout_s
     while len(out) < expected and time.monotonic() < deadline:
@@ -90,7 +100,10 @@ def run_demo(settings: Settings, registry: SchemaRegistry, console: Console | No
     console = console or Console()
     tag = f"DEMO{secrets.token_hex(2).upper()}"
     work = Path(tempfile.mkdtemp(prefix="erpsync-demo-"))
-    env = dict(os.environ, ERPSYNC_FLOWS__RECOVERY_DIR=str(work / "recovery"))
+    # Short SLAs, so that the demo's returns without credit memos and short shipments show up as
+    # exceptions within the minute (defaults: hours).
+    env = dict(os.environ, ERPSYNC_FLOWS__RECOVERY_DIR=str(work / "recovery"), ERPSYNC_FLOWS__CREDIT_SLA_S="2",
+               ERPSYNC_FLOWS__STATUS_GRACE_S="2", ERPSYNC_FLOWS__ALLOCATION_SLA_S="60")
     console.rule("[bold]erpsync demo")
     console.print("Starting the pipeline ([cyan]erpsync run[/]) against the local stack ...")
     log = (work / "run.log").open("wb")
@@ -140,12 +153,70 @@ def run_demo(settings: Settings, registry: SchemaRegistry, console: Console | No
                 channel, "all locations")
             table.add_row(channel, str(ats_value), f"(on hand 95 - allocated 5) - safety stock 12, {how}")
         console.print(table)
+
+        manifest = _orders(settings, registry, console, tag)
     finally:
         pipeline.send_signal(signal.SIGINT)
         try:
             pipeline.wait(20)
         except subprocess.TimeoutExpired:
             pipeline.kill()
-    ok = len(raw) >= 6 and len(canonical) >= 5 and len(dead) >= 1 and None not in ats.values()
+    checks = {"raw events": len(raw) >= 6, "canonical records": len(canonical) >= 5, "dead letter": len(dead) >= 1,
+              "ATS in Redis": None not in ats.values(), "orders finished": manifest.drained}
+    ok = all(checks.values())
+    if not ok:
+        console.print(f"[red]missing: {', '.join(name for name, good in checks.items() if not good)}")
     console.rule("[green]demo complete" if ok else "[red]demo incomplete: see " + str(work / "run.log"))
     return 0 if ok else 1
+
+
+def _orders(settings: Settings, registry: SchemaRegistry, console: Console, tag: str) -> Manifest:
+    """Channel orders through intake governance, the ERP and the WMS, played by the reference workload."""
+    console.print("Sending 12 channel orders (some faulty) and playing the ERP and the WMS "
+                  "([cyan]erpsync simulate[/]) ...")
+    with Workload(settings, seed=29, tag=f"O{tag[4:]}", fault_rate=0.3, downstream_fault_rate=0.3,
+                  return_rate=0.2) as work:
+        manifest = work.run(orders=12, rate=10, timeout_s=120, ready_timeout_s=120)
+        if not manifest.drained:
+            console.print(f"[red]the workload did not finish: {manifest.summary()}")
+        # SLAs run on event time: one more source change after them lets the clock see they passed.
+        time.sleep(2.5)
+        work.seed()
+        with psycopg.connect(host=settings.erp.host, port=settings.erp.port, dbname=settings.erp.dbname,
+                             user=settings.erp.user, password=settings.erp.password.get_secret_value(),
+                             autocommit=True) as erp:
+            erp.execute("UPDATE erp.items SET updated_at = now() WHERE sku = %s", (work.scenario.catalog.items[0].sku,))
+    like = f"{manifest.tag}-%"
+    with ops_db.connect(settings) as conn:
+        deadline = time.monotonic() + 30
+        while True:
+            rows = conn.execute(
+                "SELECT channel, external_order_id, status, order_id, reasons, lines FROM sync.order_status"
+                " WHERE external_order_id LIKE %s ORDER BY external_order_id", (like,)).fetchall()
+            settled = len(rows) == len(manifest.orders) and all(
+                r[2] in ("invoiced", "rejected") for r in rows)
+            if settled or time.monotonic() > deadline:
+                break
+            conn.commit()
+            time.sleep(0.5)
+    table = Table(title="5. Channel orders: intake governance -> ERP -> WMS (order-status.<channel>, ops database)")
+    for col in ("channel", "order", "status", "ERP order", "lines (ordered/allocated/shipped)", "why"):
+        table.add_column(col)
+    for channel, ext, status, order_id, reasons, lines in rows:
+        fault = manifest.orders.get(f"{channel}:{ext}")
+        why = ", ".join(reasons) if reasons else (manifest.downstream.get(f"{channel}:{ext}") or
+                                                   ("sent twice, imported once" if fault == "duplicate" else ""))
+        table.add_row(channel, ext, status, str(order_id or "-"),
+                      " ".join(f"{x['ordered']}/{x['allocated']}/{x['shipped']}" for x in lines), why)
+    console.print(table)
+    expected = len(manifest.expected_rejections()) + len(manifest.downstream)
+    found = _read(settings, [EXCEPTIONS_TOPIC], manifest.tag, expected=expected, timeout_s=30)
+    deserialize = make_value_deserializer(registry, settings.kafka.schema_registry_url)
+    table = Table(title="6. Exceptions raised (sync.exceptions): classified, with the business key")
+    for col in ("kind", "business key", "reason"):
+        table.add_column(col)
+    for msg in found:
+        _, value = deserialize(msg.topic(), msg.value())
+        table.add_row(value["kind"], value["business_key"], value["reason"])
+    console.print(table)
+    return manifest

@@ -18,3 +18,8 @@ def test_demo_runs_to_the_end(settings) -> None:  # type: ignore[no-untyped-def]
     ats = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines()
            if line.count("│") >= 4 and line.split("│")[1].strip() in ("b2b-portal", "marketplace", "inside-sales")}
     assert ats == {"b2b-portal": "78", "marketplace": "62", "inside-sales": "78"}
+    # the reference workload's orders: walked to invoiced, faulty ones rejected, faults raised as exceptions
+    assert "5. Channel orders" in out and "invoiced" in out and "rejected" in out
+    assert "sent twice, imported once" in out
+    for kind in ("price_mismatch", "unknown_customer", "credit_hold", "invoice_discrepancy", "status_mismatch"):
+        assert kind in out.split("6. Exceptions raised")[1], kind
