@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from erpsync import stack
@@ -84,7 +85,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from erpsync import runner  # noqa: PLC0415
 
-    counts = runner.replay(SchemaRegistry.load(), args.input, args.output, workers=args.workers)
+    counts = runner.replay(SchemaRegistry.load(), args.input, args.output, workers=args.workers,
+                           slas=settings.flows.slas(), mappings_dir=settings.flows.mappings_dir)
     produced = sum(n for k, n in counts.items() if not k.startswith("ignored:"))
     print(f"replay: {produced} records written to {args.output}")
     for name, n in sorted(counts.items()):
@@ -141,6 +143,57 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if manifest.drained else 1
 
 
+def _exceptions_list(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from erpsync.ops import queue  # noqa: PLC0415
+
+    rows = queue.list_exceptions(settings, kind=args.kind, state=args.state,
+                                 since=None if args.since is None else queue.since_ms(args.since), limit=args.limit)
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+    table = Table(title=f"exceptions ({len(rows)} shown, newest first)")
+    for col in ("id", "kind", "state", "business key", "occurrences", "last seen (UTC)", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        last = datetime.fromtimestamp(r["last_seen_ms"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(r["id"], r["kind"], r["state"], r["business_key"], str(r["occurrences"]), last, r["reason"])
+    Console().print(table)
+    return 0
+
+
+def _exceptions_show(settings: Settings, args: argparse.Namespace) -> int:
+    from erpsync.ops import queue  # noqa: PLC0415
+
+    row = queue.show(settings, args.id)
+    if row is None:
+        print(f"erpsync exceptions show: no exception {args.id}", file=sys.stderr)
+        return 1
+    print(json.dumps(row, default=str, indent=2))
+    return 0
+
+
+def _exceptions_resolve(settings: Settings, args: argparse.Namespace) -> int:
+    from erpsync.ops import queue  # noqa: PLC0415
+
+    if not queue.resolve(settings, args.id, args.note):
+        print(f"erpsync exceptions resolve: no exception {args.id}", file=sys.stderr)
+        return 1
+    print(f"resolved {args.id}")
+    return 0
+
+
+def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from erpsync.ops import queue  # noqa: PLC0415
+
+    r = queue.replay_dead_letters(settings, reason=args.reason, topic=args.topic)
+    print(f"dead letters: {r.read} read, {r.matched} matching, {r.already_replayed} already replayed, "
+          f"{r.reinjected} re-injected into sync.dlq-replay (the running pipeline picks them up)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="erpsync", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -169,6 +222,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="run the dataflows against Kafka (resumes from recovery snapshots)"
                    ).set_defaults(func=_run)
+    ex_p = sub.add_parser("exceptions", help="the exception queue (ops database)")
+    ex_sub = ex_p.add_subparsers(dest="action", required=True)
+    ls = ex_sub.add_parser("list", help="exceptions, newest first")
+    ls.add_argument("--kind", help="e.g. oversold, price_mismatch, dead_letter")
+    ls.add_argument("--state", choices=["open", "resolved", "replayed"])
+    ls.add_argument("--since", help="last seen at or after: ISO-8601 time or epoch milliseconds")
+    ls.add_argument("--limit", type=int, default=200)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_exceptions_list)
+    sh = ex_sub.add_parser("show", help="one exception, every field")
+    sh.add_argument("id")
+    sh.set_defaults(func=_exceptions_show)
+    rs = ex_sub.add_parser("resolve", help="mark an exception resolved, with a note")
+    rs.add_argument("id")
+    rs.add_argument("--note", required=True)
+    rs.set_defaults(func=_exceptions_resolve)
+    dlq_p = sub.add_parser("dlq", help="the dead-letter queue (sync.dlq)")
+    dlq_sub = dlq_p.add_subparsers(dest="action", required=True)
+    dr = dlq_sub.add_parser("replay", help="re-inject dead letters (e.g. after a mapping fix); idempotent")
+    dr.add_argument("--reason", help="only those whose reason contains this text")
+    dr.add_argument("--topic", help="only those from this original topic")
+    dr.set_defaults(func=_dlq_replay)
+
     rp = sub.add_parser("replay", help="run the whole pipeline over a kcat -J dump, no services needed")
     rp.add_argument("--input", type=Path, required=True, help="kcat -C -J output, one record a line")
     rp.add_argument("--output", type=Path, required=True, help="JSON lines {topic, key, value}")

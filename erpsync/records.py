@@ -16,6 +16,7 @@ class RawRecord:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int = 0  # the record's Kafka timestamp (0: not known)
+    replayed: bool = False  # re-injected from the DLQ by `erpsync dlq replay` (coordinates are the original's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,4 +51,5 @@ class Ignored:
 Outcome = Emit | DeadLetter | Ignored
 
 DLQ_TOPIC = "sync.dlq"
+DLQ_REPLAY_TOPIC = "sync.dlq-replay"  # DLQ records re-injected after a fix, with their original coordinates
 EXCEPTIONS_TOPIC = "sync.exceptions"

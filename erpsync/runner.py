@@ -23,12 +23,12 @@ from erpsync.connectors.erp_intake import IntakeWriter
 from erpsync.connectors.files import DumpSource, ReplaySink
 from erpsync.connectors.kafka import Serializer
 from erpsync.connectors.metrics import IgnoredCounter
-from erpsync.connectors.ops_db import AvailabilitySink, OrderStatusSink
+from erpsync.connectors.ops_db import AvailabilitySink, ExceptionSink, OrderStatusSink
 from erpsync.connectors.redis import AtsSink
 from erpsync.flows.canonicalize import make_canonicalizer
 from erpsync.flows.orders import COMMERCE_ORDERS_TOPIC
 from erpsync.flows.pipeline import Sinks, Sources, build_flow, replay_sinks
-from erpsync.records import DLQ_TOPIC, EXCEPTIONS_TOPIC, DeadLetter, Emit, RawRecord
+from erpsync.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, EXCEPTIONS_TOPIC, DeadLetter, Emit, RawRecord
 from erpsync.schemas.registry import SchemaRegistry, make_value_serializer
 from erpsync.settings import Settings
 from erpsync.state.changes import HEARTBEAT_PREFIX
@@ -49,7 +49,7 @@ def tune_gc() -> None:
 
 
 def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int = 1,
-           slas: Slas | None = None) -> Counter[str]:
+           slas: Slas | None = None, mappings_dir: Path | None = None) -> Counter[str]:
     """Run the production dataflow over a kcat dump; returns how many records went where."""
     sink = ReplaySink(target, registry)
     streams: list[Stream[object]] = []
@@ -63,7 +63,7 @@ def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int
         streams.append(stream)
 
     flow = build_flow(registry, load_channels(), sources=Sources(raw), sinks=replay_sinks(collect),
-                      slas=slas, live=False)
+                      slas=slas, live=False, mappings_dir=mappings_dir)
     merged: Stream[object] = op.merge("replay_all", *streams)
     op.output("replay_output", op.key_on("replay_one_writer", merged, lambda _: "out"), sink)  # type: ignore[misc]
     tune_gc()
@@ -86,15 +86,19 @@ def channel_serializer(channels: Sequence[Channel], avro: Serializer) -> Seriali
 def run(settings: Settings, registry: SchemaRegistry) -> None:
     """The live pipeline, resuming from bytewax recovery snapshots; runs until interrupted."""
     channels = load_channels()
-    canonicalizer = make_canonicalizer(registry)
-    raw_topics = canonicalizer.mappings.topics + sorted(canonicalizer.mappings.ignored_topics)
+    canonicalizer = make_canonicalizer(registry, settings.flows.mappings_dir)
+    mapped = canonicalizer.mappings.topics + sorted(canonicalizer.mappings.ignored_topics)
     heartbeats = [f"{HEARTBEAT_PREFIX}.{system}" for system in
                   sorted({m.system for m in canonicalizer.mappings.by_topic.values()})]
-    topics = [*raw_topics, *heartbeats, COMMERCE_ORDERS_TOPIC]
-    kafka.ensure_topics(settings, [*topics, *(e.topic for e in registry.entities().values()), DLQ_TOPIC,
-                                   EXCEPTIONS_TOPIC, ORDER_INTAKE_OUT_TOPIC])
+    kafka.ensure_topics(settings, [*mapped, *heartbeats, COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC,
+                                   *(e.topic for e in registry.entities().values()), DLQ_TOPIC, EXCEPTIONS_TOPIC,
+                                   ORDER_INTAKE_OUT_TOPIC])
     kafka.ensure_topics(settings, [*(c.topic for c in channels), *(c.order_status_topic for c in channels)],
                         {"cleanup.policy": "compact"})
+    # Every captured table of a mapped source, mapped or not: a table captured without a mapping
+    # shows up as dead letters ("no mapping for source table ..."), replayable once it has one.
+    topics = sorted({*mapped, *heartbeats, COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC,
+                     *kafka.captured_topics(settings, canonicalizer.mappings.topics)})
     ops_db.migrate(settings)
     serialize = channel_serializer(channels, make_value_serializer(registry, settings.kafka.schema_registry_url))
     kafka_off = {t for c in channels if not c.outputs.kafka for t in (c.topic, c.order_status_topic)}
@@ -117,8 +121,10 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
         availability=stores,
         order_intake=lambda step_id, s: op.output(step_id, s, IntakeWriter(settings)),
         order_status=lambda step_id, s: op.output(step_id, s, OrderStatusSink(settings)),
+        exceptions=lambda step_id, s: op.output(step_id, s, ExceptionSink(settings)),
     )
-    flow = build_flow(registry, channels, sources=Sources(raw), sinks=sinks, slas=settings.flows.slas())
+    flow = build_flow(registry, channels, sources=Sources(raw), sinks=sinks, slas=settings.flows.slas(),
+                      mappings_dir=settings.flows.mappings_dir)
     recovery = settings.recovery_dir
     if not recovery.exists():
         recovery.mkdir(parents=True)

@@ -89,6 +89,8 @@ class FlowSettings(BaseModel):
     snapshot_interval_s: float = 5.0
     # Default: <stack home>/recovery.
     recovery_dir: Path | None = None
+    # Source-table mappings (TOML); default: the packaged erpsync/schemas/mappings.
+    mappings_dir: Path | None = None
     # Order SLAs on event time (spec section 9): accepted -> allocated, ERP/WMS disagreement grace,
     # return received -> credit memo.
     allocation_sla_s: float = 4 * 3600

@@ -19,7 +19,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from erpsync.records import DLQ_TOPIC, DeadLetter, Emit, RawRecord
+from erpsync.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, DeadLetter, Emit, RawRecord
 from erpsync.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,13 @@ def raw_input(
 
 def _to_raw(msg: KafkaSourceMessage[bytes | None, bytes | None]) -> RawRecord:
     ts = msg.timestamp[1] if msg.timestamp and msg.timestamp[0] else 0  # type 0: not available
+    if msg.topic == DLQ_REPLAY_TOPIC:  # a dead letter re-injected: it stands for the original record
+        h = {k: v.decode() for k, v in msg.headers}
+        try:
+            return RawRecord(h["topic"], int(h["partition"]), int(h["offset"]), msg.key, msg.value,
+                             int(h.get("ts") or ts), replayed=True)
+        except (KeyError, ValueError):
+            pass  # not one of ours: processed as a record of the replay topic (no mapping -> DLQ)
     return RawRecord(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key, msg.value, ts)
 
 
@@ -112,6 +119,7 @@ def dlq_output(step_id: str, up: Stream[DeadLetter], settings: Settings) -> None
             ("topic", d.raw.topic.encode()),
             ("partition", str(d.raw.partition).encode()),
             ("offset", str(d.raw.offset).encode()),
+            ("ts", str(d.raw.timestamp_ms).encode()),
         ]
         return KafkaSinkMessage(d.raw.key, d.raw.value, topic=DLQ_TOPIC, headers=headers)
 
@@ -133,3 +141,10 @@ def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, s
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
+
+
+def captured_topics(settings: Settings, mapped: Iterable[str]) -> list[str]:
+    """Topics that exist now under the capture prefixes of the mapped tables ("erp.erp.", "wms.wms.")."""
+    prefixes = {t.rsplit(".", 1)[0] + "." for t in mapped}
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    return sorted(t for t in admin.list_topics(timeout=10).topics if any(t.startswith(p) for p in prefixes))

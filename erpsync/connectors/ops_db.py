@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,57 @@ class _OrderStatusPartition(StatelessSinkPartition[Emit]):
         rows = [{**e.value, "lines": Jsonb(e.value["lines"])} for e in items]
         with self.conn.cursor() as cur:
             cur.executemany(_UPSERT_ORDER_STATUS, rows)
+        self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_UPSERT_EXCEPTION = """
+INSERT INTO sync.exceptions AS e (id, kind, severity, entity, business_key, reason, detail, source, first_seen_ms,
+    last_seen_ms, occurrences, state)
+VALUES (%(id)s, %(kind)s, %(severity)s, %(entity)s, %(business_key)s, %(reason)s, %(detail)s, %(source)s,
+    %(first_seen_ms)s, %(last_seen_ms)s, 1, %(state)s)
+ON CONFLICT (id) DO UPDATE SET
+    -- a new occurrence is one seen later (event time); a redelivered one changes nothing
+    occurrences = e.occurrences + (excluded.state = 'open' AND excluded.last_seen_ms > e.last_seen_ms)::int,
+    reason = CASE WHEN excluded.last_seen_ms >= e.last_seen_ms THEN excluded.reason ELSE e.reason END,
+    detail = CASE WHEN excluded.last_seen_ms >= e.last_seen_ms THEN excluded.detail ELSE e.detail END,
+    first_seen_ms = LEAST(e.first_seen_ms, excluded.first_seen_ms),
+    last_seen_ms = GREATEST(e.last_seen_ms, excluded.last_seen_ms),
+    -- replayed when the pipeline says so; a resolved problem that happens again is open again
+    state = CASE WHEN excluded.state = 'replayed' THEN 'replayed'
+                 WHEN excluded.last_seen_ms > e.last_seen_ms THEN 'open'
+                 ELSE e.state END,
+    state_changed_at = CASE WHEN excluded.state = 'replayed' AND e.state <> 'replayed'
+                                 OR excluded.last_seen_ms > e.last_seen_ms AND e.state <> 'open'
+                            THEN now() ELSE e.state_changed_at END,
+    written_at = now()
+"""
+
+
+def exception_row(value: dict[str, Any]) -> dict[str, Any]:
+    return {**value, "detail": Jsonb(json.loads(value["detail"] or "{}")),
+            "source": None if value["source"] is None else Jsonb(value["source"])}
+
+
+class ExceptionSink(DynamicSink[Emit]):
+    """Upserts SyncException records into sync.exceptions: one row per problem, occurrences counted once."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ExceptionPartition:
+        return _ExceptionPartition(connect(self.settings))
+
+
+class _ExceptionPartition(StatelessSinkPartition[Emit]):
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def write_batch(self, items: list[Emit]) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(_UPSERT_EXCEPTION, [exception_row(e.value) for e in items])
         self.conn.commit()
 
     def close(self) -> None:

@@ -7,23 +7,26 @@ versions never span partitions) and handed to the pure ``Canonicalizer`` a batch
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from erpsync.flows.common import Outcomes, split
-from erpsync.records import Outcome, RawRecord
-from erpsync.schemas.mapping import load_mappings
+from erpsync.records import DeadLetter, Emit, Ignored, Outcome, RawRecord
+from erpsync.schemas.mapping import MAPPINGS_DIR, load_mappings
 from erpsync.schemas.registry import SchemaRegistry
 from erpsync.state.changes import Canonicalizer, ChangeLog, EntityInfo
+from erpsync.state.dead_letters import replayed_exception
 
 
-def make_canonicalizer(registry: SchemaRegistry) -> Canonicalizer:
-    """The canonicalizer for the mappings on disk, checked against the Avro contract."""
+def make_canonicalizer(registry: SchemaRegistry, mappings_dir: Path | None = None) -> Canonicalizer:
+    """The canonicalizer for the mappings on disk (the packaged ones by default), checked against the Avro contract."""
     entities = registry.entities()
     mappings = load_mappings(
         {name: e.key for name, e in entities.items()},
+        mappings_dir or MAPPINGS_DIR,
         entity_fields={name: frozenset(e.fields) for name, e in entities.items()},
     )
     return Canonicalizer(
@@ -42,6 +45,11 @@ class _Logic(StatefulBatchLogic[RawRecord, Outcome, ChangeLog]):
         for raw in values:
             self.log, outcomes = apply(self.log, raw)
             out.extend(outcomes)
+            if raw.replayed and not any(isinstance(o, DeadLetter) for o in outcomes):
+                # A dead letter re-injected after a fix landed: its exception turns `replayed`.
+                landed = ", ".join(sorted({o.topic if isinstance(o, Emit) else f"ignored: {o.reason}"
+                                           for o in outcomes if isinstance(o, Emit | Ignored)}))
+                out.append(replayed_exception(raw, landed or "nothing to apply"))
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ChangeLog:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -19,7 +20,8 @@ from erpsync.flows.canonicalize import canonicalize, make_canonicalizer
 from erpsync.flows.orders import COMMERCE_ORDERS_TOPIC, orders
 from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
 from erpsync.schemas.registry import SchemaRegistry
-from erpsync.state.ats import AVAILABILITY_SCHEMA
+from erpsync.state.ats import AVAILABILITY_SCHEMA, EXCEPTION_SCHEMA
+from erpsync.state.dead_letters import dead_letter_exception
 from erpsync.state.intake import ACCEPTED_ORDER_SCHEMA
 from erpsync.state.order_status import ORDER_STATUS_SCHEMA
 from erpsync.state.sla import Slas
@@ -42,6 +44,7 @@ class Sinks:
     availability: Callable[[str, Stream[Emit]], None]  # Availability records, for the stores storefronts read
     order_intake: Callable[[str, Stream[Emit]], None]  # accepted orders, for the ERP's erp.order_intake
     order_status: Callable[[str, Stream[Emit]], None]  # OrderStatus records, for the ops database
+    exceptions: Callable[[str, Stream[Emit]], None]  # SyncException records, for the ops database queue
 
 
 def _nowhere(step_id: str, stream: Stream[Emit]) -> None:
@@ -50,27 +53,32 @@ def _nowhere(step_id: str, stream: Stream[Emit]) -> None:
 
 def replay_sinks(collect: Callable[[str, Stream[object]], None]) -> Sinks:
     """Every record to one collector; the stores (Redis, databases) are not written."""
-    return Sinks(collect, collect, collect, _nowhere, _nowhere, _nowhere)
+    return Sinks(collect, collect, collect, _nowhere, _nowhere, _nowhere, _nowhere)
 
 
 def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources: Sources, sinks: Sinks,
-               slas: Slas | None = None, live: bool = True) -> Dataflow:
+               slas: Slas | None = None, live: bool = True, mappings_dir: Path | None = None) -> Dataflow:
     """live=False for replay: event time only, no wall-clock timers (see flows.availability)."""
     flow = Dataflow("erpsync")
     raw, unreadable = sources.raw(flow)
     channel_orders = op.branch("is_channel_order", raw, lambda r: r.topic == COMMERCE_ORDERS_TOPIC)
-    canon = canonicalize(channel_orders.falses, make_canonicalizer(registry))
+    canon = canonicalize(channel_orders.falses, make_canonicalizer(registry, mappings_dir))
     committed = commitments(canon.emits)
     governed = orders(canon.emits, committed, channel_orders.trues, channels, slas or Slas(), live=live)
     derived = availability(canon.emits, committed, governed.reservations, channels, live=live)
-    sinks.emits("out_emits", op.merge("all_emits", canon.emits, derived, governed.emits))
+    dead_letters = op.merge("dead_letters", unreadable, canon.dead_letters, governed.dead_letters)
+    # every dead letter is also an exception (replayable, see erpsync.state.dead_letters)
+    dead_letter_exceptions = op.map("dead_letter_exceptions", dead_letters, dead_letter_exception)
+    emits = op.merge("all_emits", canon.emits, derived, governed.emits, dead_letter_exceptions)
+    sinks.emits("out_emits", emits)
+    sinks.exceptions("out_exceptions", op.filter(
+        "exceptions_only", emits, lambda e: e.schema == EXCEPTION_SCHEMA))
     sinks.availability("out_availability", op.filter(
         "availability_only", derived, lambda e: e.schema == AVAILABILITY_SCHEMA))
     sinks.order_intake("out_order_intake", op.filter(
         "accepted_orders_only", governed.emits, lambda e: e.schema == ACCEPTED_ORDER_SCHEMA))
     sinks.order_status("out_order_status", op.filter(
         "order_status_only", governed.emits, lambda e: e.schema == ORDER_STATUS_SCHEMA))
-    sinks.dead_letters("out_dead_letters", op.merge("dead_letters", unreadable, canon.dead_letters,
-                                                    governed.dead_letters))
+    sinks.dead_letters("out_dead_letters", dead_letters)
     sinks.ignored("out_ignored", op.merge("all_ignored", canon.ignored, governed.ignored))
     return flow

@@ -90,14 +90,19 @@ def to_second(event_ms: int) -> int:
     return event_ms - event_ms % 1000
 
 
+def exception_id(kind: str, entity: str, key: str) -> str:
+    """Deterministic: the same problem (kind, entity, business key) is always the same exception."""
+    return hashlib.blake2b(f"{kind}|{entity}|{key}".encode(), digest_size=16).hexdigest()
+
+
 def exception(kind: str, severity: str, entity: str, key: str, reason: str, detail: dict[str, Any],
-              event_ms: int) -> Emit:
+              event_ms: int, *, source: dict[str, Any] | None = None, state: str = "open") -> Emit:
     """A SyncException record; its id is deterministic so repeated occurrences update one exception."""
-    exc_id = hashlib.blake2b(f"{kind}|{entity}|{key}".encode(), digest_size=16).hexdigest()
+    exc_id = exception_id(kind, entity, key)
     return Emit(EXCEPTIONS_TOPIC, exc_id, EXCEPTION_SCHEMA, {
         "id": exc_id, "kind": kind, "severity": severity, "entity": entity, "business_key": key,
-        "reason": reason, "detail": json.dumps(detail, sort_keys=True), "source": None,
-        "first_seen_ms": event_ms, "last_seen_ms": event_ms, "occurrences": 1, "state": "open",
+        "reason": reason, "detail": json.dumps(detail, sort_keys=True), "source": source,
+        "first_seen_ms": event_ms, "last_seen_ms": event_ms, "occurrences": 1, "state": state,
     })
 
 
