@@ -29,6 +29,18 @@ class Emit:
     value: dict[str, Any]
 
 
+def event_ms_of(e: Emit) -> int:
+    """The source event time a published record reflects (0: none), for the sync-latency metric."""
+    v = e.value
+    source = v.get("source")
+    if isinstance(source, dict) and "commit_ts_ms" in source:
+        return int(source["commit_ts_ms"])
+    for name in ("event_time_ms", "last_fact_ms", "last_seen_ms", "accepted_at_ms"):
+        if name in v:
+            return int(v[name])
+    return 0
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """An input that could not be processed, kept byte for byte with the reason (goes to sync.dlq)."""

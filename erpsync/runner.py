@@ -17,6 +17,7 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
+from erpsync import telemetry
 from erpsync.channels import Channel, load_channels
 from erpsync.connectors import kafka, ops_db
 from erpsync.connectors.erp_intake import IntakeWriter
@@ -100,6 +101,7 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     topics = sorted({*mapped, *heartbeats, COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC,
                      *kafka.captured_topics(settings, canonicalizer.mappings.topics)})
     ops_db.migrate(settings)
+    telemetry.setup(settings)
     serialize = channel_serializer(channels, make_value_serializer(registry, settings.kafka.schema_registry_url))
     kafka_off = {t for c in channels if not c.outputs.kafka for t in (c.topic, c.order_status_topic)}
     to_redis = {c.id for c in channels if c.outputs.redis}

@@ -9,6 +9,7 @@ at an existing Kafka/Connect/ERP/WMS is a matter of changing them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +102,16 @@ class FlowSettings(BaseModel):
         return Slas(int(self.allocation_sla_s * 1000), int(self.status_grace_s * 1000), int(self.credit_sla_s * 1000))
 
 
+class TelemetrySettings(BaseModel):
+    """OpenTelemetry export (erpsync.telemetry): none, console or OTLP over HTTP."""
+
+    model_config = _FROZEN
+    exporter: Literal["none", "console", "otlp"] = "none"
+    otlp_endpoint: str = "http://127.0.0.1:4318"
+    interval_s: float = 30.0  # metric export interval
+    trace_sample: float = Field(default=0.01, ge=0, le=1)  # share of canonical events traced
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ERPSYNC_", env_nested_delimiter="__", frozen=True, extra="ignore"
@@ -114,6 +125,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     stack: StackSettings = StackSettings()
     flows: FlowSettings = FlowSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
     @property
     def recovery_dir(self) -> Path:

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from erpsync import telemetry
 from erpsync.records import Emit
 from erpsync.settings import Settings
 
@@ -47,6 +48,7 @@ class _IntakePartition(StatelessSinkPartition[Emit]):
         with self.conn.cursor() as cur:
             cur.executemany(INSERT_INTAKE, [intake_row(e.value) for e in items])
         self.conn.commit()  # before the batch is acknowledged, so before the next snapshot
+        telemetry.sink_latency("erp", "erp.order_intake", (e.value["accepted_at_ms"] for e in items))
 
     def close(self) -> None:
         self.conn.close()

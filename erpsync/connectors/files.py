@@ -17,7 +17,8 @@ from typing import IO, Any
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from erpsync.records import DLQ_TOPIC, DeadLetter, Emit, Ignored, Outcome, RawRecord
+from erpsync import telemetry
+from erpsync.records import DLQ_TOPIC, DeadLetter, Emit, Ignored, Outcome, RawRecord, event_ms_of
 from erpsync.schemas.registry import SchemaRegistry
 
 _BATCH = 2000
@@ -113,14 +114,24 @@ class _ReplayPartition(StatefulSinkPartition[Outcome, None]):
     def write_batch(self, values: list[Outcome]) -> None:
         lines = []
         counts = self.sink.counts
+        written: dict[str, list[int]] = {}
         for outcome in values:
             if isinstance(outcome, Ignored):
                 counts[f"ignored:{outcome.reason}"] += 1
                 continue
-            counts[outcome.topic if isinstance(outcome, Emit) else DLQ_TOPIC] += 1
+            topic = outcome.topic if isinstance(outcome, Emit) else DLQ_TOPIC
+            counts[topic] += 1
             lines.append(replay_line(outcome, self.sink.registry))
+            written.setdefault(topic, []).append(event_ms_of(outcome) if isinstance(outcome, Emit) else 0)
         if lines:
             self.fh.write("\n".join(lines) + "\n")
+        for topic, times in written.items():  # (replay: event times are the dump's, so this counts writes)
+            telemetry.sink_latency("replay", topic, times)
+        if telemetry.tracing():
+            for outcome in values:
+                if isinstance(outcome, Emit) and "event_id" in outcome.value:
+                    with telemetry.event_span("sink.replay", outcome.value["event_id"], topic=outcome.topic):
+                        pass
 
     def snapshot(self) -> None:
         return None

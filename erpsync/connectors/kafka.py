@@ -19,7 +19,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from erpsync.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, DeadLetter, Emit, RawRecord
+from erpsync import telemetry
+from erpsync.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, DeadLetter, Emit, RawRecord, event_ms_of
 from erpsync.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def raw_input(
 
 def _to_raw(msg: KafkaSourceMessage[bytes | None, bytes | None]) -> RawRecord:
     ts = msg.timestamp[1] if msg.timestamp and msg.timestamp[0] else 0  # type 0: not available
+    telemetry.consumed(msg.topic or "", msg.partition or 0, msg.offset or 0)
     if msg.topic == DLQ_REPLAY_TOPIC:  # a dead letter re-injected: it stands for the original record
         h = {k: v.decode() for k, v in msg.headers}
         try:
@@ -54,7 +56,12 @@ def _error_to_dead_letter(err: KafkaError[bytes | None, bytes | None]) -> DeadLe
     return DeadLetter(_to_raw(err.msg), f"kafka consumer error: {err.err}", "kafka-input")
 
 
-class TopicSink(DynamicSink[KafkaSinkMessage[bytes | None, bytes | None]]):
+Message = KafkaSinkMessage[bytes | None, bytes | None]
+# A message, or (message, source event ms, canonical event id or None) for the latency metric and traces.
+Outgoing = Message | tuple[Message, int, str | None]
+
+
+class TopicSink(DynamicSink[Outgoing]):
     """Produces to the topic named in each message; raises if any delivery fails.
 
     Unlike a fire-and-forget producer, a failed delivery stops the dataflow before the next
@@ -73,7 +80,7 @@ class TopicSink(DynamicSink[KafkaSinkMessage[bytes | None, bytes | None]]):
         return _TopicSinkPartition(Producer(self.config))
 
 
-class _TopicSinkPartition(StatelessSinkPartition[KafkaSinkMessage[bytes | None, bytes | None]]):
+class _TopicSinkPartition(StatelessSinkPartition[Outgoing]):
     def __init__(self, producer: Producer) -> None:
         self.producer = producer
         self.failures: list[str] = []
@@ -82,8 +89,9 @@ class _TopicSinkPartition(StatelessSinkPartition[KafkaSinkMessage[bytes | None, 
         if err is not None:
             self.failures.append(f"{msg.topic()}: {err}")
 
-    def write_batch(self, items: list[KafkaSinkMessage[bytes | None, bytes | None]]) -> None:
-        for m in items:
+    def write_batch(self, items: list[Outgoing]) -> None:
+        messages = [item[0] if isinstance(item, tuple) else item for item in items]
+        for m in messages:
             while True:
                 try:
                     self.producer.produce(m.topic or "", value=m.value, key=m.key,
@@ -95,6 +103,13 @@ class _TopicSinkPartition(StatelessSinkPartition[KafkaSinkMessage[bytes | None, 
         if self.failures:
             failures, self.failures = self.failures, []
             raise KafkaException(f"{len(failures)} deliveries failed, first: {failures[0]}")
+        for item in items:
+            if isinstance(item, tuple):
+                message, event_ms, event_id = item
+                telemetry.sink_latency("kafka", message.topic or "", (event_ms,))
+                if event_id is not None:
+                    with telemetry.event_span("sink.kafka", event_id, topic=message.topic or ""):
+                        pass
 
     def close(self) -> None:
         self.producer.flush()
@@ -103,8 +118,9 @@ class _TopicSinkPartition(StatelessSinkPartition[KafkaSinkMessage[bytes | None, 
 def emit_output(step_id: str, up: Stream[Emit], settings: Settings, serialize: Serializer) -> None:
     """Avro-encode and publish records, keyed by their business key."""
 
-    def to_message(e: Emit) -> KafkaSinkMessage[bytes | None, bytes | None]:
-        return KafkaSinkMessage(e.key.encode(), serialize(e.topic, e.schema, e.value), topic=e.topic)
+    def to_message(e: Emit) -> Outgoing:
+        message = KafkaSinkMessage(e.key.encode(), serialize(e.topic, e.schema, e.value), topic=e.topic)
+        return message, event_ms_of(e), e.value.get("event_id")
 
     op.output(step_id, op.map(f"{step_id}_encode", up, to_message), TopicSink(settings))
 

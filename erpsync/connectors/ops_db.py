@@ -11,7 +11,8 @@ import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from psycopg.types.json import Jsonb
 
-from erpsync.records import Emit
+from erpsync import telemetry
+from erpsync.records import Emit, event_ms_of
 from erpsync.settings import Settings
 from erpsync.state.ats import POSITION_SYSTEMS
 
@@ -96,6 +97,7 @@ class _AvailabilityPartition(StatelessSinkPartition[Emit]):
         with self.conn.cursor() as cur:
             cur.executemany(_UPSERT_AVAILABILITY, [availability_row(e.value) for e in items])
         self.conn.commit()  # before the batch is acknowledged, so before the next snapshot
+        _latency("ops_db", items)
 
     def close(self) -> None:
         self.conn.close()
@@ -133,6 +135,7 @@ class _OrderStatusPartition(StatelessSinkPartition[Emit]):
         with self.conn.cursor() as cur:
             cur.executemany(_UPSERT_ORDER_STATUS, rows)
         self.conn.commit()
+        _latency("ops_db", items)
 
     def close(self) -> None:
         self.conn.close()
@@ -184,6 +187,15 @@ class _ExceptionPartition(StatelessSinkPartition[Emit]):
         with self.conn.cursor() as cur:
             cur.executemany(_UPSERT_EXCEPTION, [exception_row(e.value) for e in items])
         self.conn.commit()
+        _latency("ops_db", items)
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _latency(sink: str, items: list[Emit]) -> None:
+    by_topic: dict[str, list[int]] = {}
+    for e in items:
+        by_topic.setdefault(e.topic, []).append(event_ms_of(e))
+    for topic, times in by_topic.items():
+        telemetry.sink_latency(sink, topic, times)

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from erpsync import telemetry
 from erpsync.records import Emit
 from erpsync.settings import Settings
 from erpsync.state.ats import POSITION_SYSTEMS
@@ -76,6 +77,7 @@ class _AtsPartition(StatelessSinkPartition[Emit]):
             self.script(keys=[f"ats:{v['channel']}", f"ats-pos:{v['channel']}"],
                         args=[v["sku"], str(v["ats"]), fence(v["positions"], v["version"])], client=pipe)
         pipe.execute()  # raises on any error: the batch is retried from the last snapshot
+        telemetry.sink_latency("redis", "ats", (e.value["event_time_ms"] for e in items))
 
     def close(self) -> None:
         self.conn.close()

@@ -13,6 +13,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
+from erpsync import telemetry
 from erpsync.flows.common import Outcomes, split
 from erpsync.records import DeadLetter, Emit, Ignored, Outcome, RawRecord
 from erpsync.schemas.mapping import MAPPINGS_DIR, load_mappings
@@ -45,6 +46,12 @@ class _Logic(StatefulBatchLogic[RawRecord, Outcome, ChangeLog]):
         for raw in values:
             self.log, outcomes = apply(self.log, raw)
             out.extend(outcomes)
+            if telemetry.tracing():
+                for o in outcomes:
+                    if isinstance(o, Emit):
+                        with telemetry.event_span("canonicalize", o.value["event_id"], raw_topic=raw.topic,
+                                                  raw_partition=raw.partition, raw_offset=raw.offset, topic=o.topic):
+                            pass
             if raw.replayed and not any(isinstance(o, DeadLetter) for o in outcomes):
                 # A dead letter re-injected after a fix landed: its exception turns `replayed`.
                 landed = ", ".join(sorted({o.topic if isinstance(o, Emit) else f"ignored: {o.reason}"

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
+from erpsync import telemetry
 from erpsync.channels import Channel
 from erpsync.flows.availability import availability, commitments
 from erpsync.flows.canonicalize import canonicalize, make_canonicalizer
@@ -61,7 +63,11 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
     """live=False for replay: event time only, no wall-clock timers (see flows.availability)."""
     flow = Dataflow("erpsync")
     raw, unreadable = sources.raw(flow)
+    _count("input", "in", raw)
+    _count("input", "dlq", unreadable)
     channel_orders = op.branch("is_channel_order", raw, lambda r: r.topic == COMMERCE_ORDERS_TOPIC)
+    _count("canonicalize", "in", channel_orders.falses)
+    _count("orders", "in", channel_orders.trues)
     canon = canonicalize(channel_orders.falses, make_canonicalizer(registry, mappings_dir))
     committed = commitments(canon.emits)
     governed = orders(canon.emits, committed, channel_orders.trues, channels, slas or Slas(), live=live)
@@ -70,9 +76,15 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
     # every dead letter is also an exception (replayable, see erpsync.state.dead_letters)
     dead_letter_exceptions = op.map("dead_letter_exceptions", dead_letters, dead_letter_exception)
     emits = op.merge("all_emits", canon.emits, derived, governed.emits, dead_letter_exceptions)
+    for step, outcomes in (("canonicalize", canon), ("orders", governed)):
+        _count(step, "out", outcomes.emits)
+        _count(step, "dlq", outcomes.dead_letters)
+        _count(step, "ignored", outcomes.ignored)
+    _count("availability", "out", derived)
     sinks.emits("out_emits", emits)
-    sinks.exceptions("out_exceptions", op.filter(
-        "exceptions_only", emits, lambda e: e.schema == EXCEPTION_SCHEMA))
+    exceptions = op.filter("exceptions_only", emits, lambda e: e.schema == EXCEPTION_SCHEMA)
+    op.inspect("count_exceptions", exceptions, lambda _, e: telemetry.EXCEPTIONS.add(1, {"kind": e.value["kind"]}))
+    sinks.exceptions("out_exceptions", exceptions)
     sinks.availability("out_availability", op.filter(
         "availability_only", derived, lambda e: e.schema == AVAILABILITY_SCHEMA))
     sinks.order_intake("out_order_intake", op.filter(
@@ -82,3 +94,8 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
     sinks.dead_letters("out_dead_letters", dead_letters)
     sinks.ignored("out_ignored", op.merge("all_ignored", canon.ignored, governed.ignored))
     return flow
+
+
+def _count(step: str, outcome: str, stream: Stream[Any]) -> None:
+    """Count a step's records per outcome (erpsync.records)."""
+    op.inspect(f"count_{step}_{outcome}", stream, lambda _, __: telemetry.count(step, outcome))
