@@ -180,7 +180,7 @@ def _orders(settings: Settings, registry: SchemaRegistry, console: Console, tag:
         if not manifest.drained:
             console.print(f"[red]the workload did not finish: {manifest.summary()}")
         # SLAs run on event time: one more source change after them lets the clock see they passed.
-        time.sleep(2.5)
+        time.sleep(3)
         work.seed()
         with psycopg.connect(host=settings.erp.host, port=settings.erp.port, dbname=settings.erp.dbname,
                              user=settings.erp.user, password=settings.erp.password.get_secret_value(),

@@ -141,10 +141,9 @@ def orders(canonical: Stream[Emit], commitments: Stream[Commitment], channel_ord
     changes = reduce("orders_network", net_in, lambda st, e: network.apply(st, _sku(e), e), _copy)
 
     desk = IntakeDesk(channels, tick_ms=100, quiet_ms=None if live else hold_ms)
-    ticks = op.filter_map("orders_ticks", canonical, Ticker(1000))
-    fine_ticks = op.filter_map("orders_fine_ticks", canonical, Ticker(desk.tick_ms))
+    ticks = op.filter_map("orders_ticks", canonical, Ticker(desk.tick_ms))  # event time, 100 ms resolution
     desk_facts = op.filter("orders_desk_facts", canonical, lambda e: e.topic in _DESK_FACTS)
-    desk_in: Stream[DeskInput] = op.merge("orders_desk_in", channel_orders, desk_facts, changes, fine_ticks)
+    desk_in: Stream[DeskInput] = op.merge("orders_desk_in", channel_orders, desk_facts, changes, ticks)
     desk_out: Stream[Any] = op.key_rm("orders_intake_unkey", op.stateful_batch(
         "orders_intake", op.key_on("orders_one_desk", desk_in, lambda _: "intake"),
         lambda resume: _DeskLogic(desk, resume, live, hold_ms)))

@@ -15,7 +15,8 @@ def test_demo_runs_to_the_end(settings) -> None:  # type: ignore[no-untyped-def]
     assert "demo complete" in out
     assert "canonical.inventory-position" in out and "canonical.item" in out
     assert "unknown value 'misplaced'" in out  # the invalid WMS row reached the DLQ with its reason
-    ats = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines()
+    ats_table = out.split("4. Available-to-sell")[1].split("5. Channel orders")[0]
+    ats = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in ats_table.splitlines()
            if line.count("│") >= 4 and line.split("│")[1].strip() in ("b2b-portal", "marketplace", "inside-sales")}
     assert ats == {"b2b-portal": "78", "marketplace": "62", "inside-sales": "78"}
     # the reference workload's orders: walked to invoiced, faulty ones rejected, faults raised as exceptions
