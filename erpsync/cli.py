@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from erpsync import stack
+from erpsync import reconcile, stack
 from erpsync.schemas.compat import check_directory
 from erpsync.schemas.registry import RELEASED_DIR, SCHEMA_DIR, SchemaRegistry
 from erpsync.settings import Settings, load_settings
@@ -244,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--reason", help="only those whose reason contains this text")
     dr.add_argument("--topic", help="only those from this original topic")
     dr.set_defaults(func=_dlq_replay)
+
+    reconcile.add_parser(sub)
 
     rp = sub.add_parser("replay", help="run the whole pipeline over a kcat -J dump, no services needed")
     rp.add_argument("--input", type=Path, required=True, help="kcat -C -J output, one record a line")

@@ -54,6 +54,13 @@ class DatabaseSettings(BaseModel):
     capture_password: SecretStr = SecretStr("erpsync-capture-local")
 
 
+class ErpDatabaseSettings(DatabaseSettings):
+    """The ERP: also the login that writes governed orders into its order import table."""
+
+    intake_user: str = "erpsync_intake"
+    intake_password: SecretStr = SecretStr("erpsync-intake-local")
+
+
 class OpsDatabaseSettings(DatabaseSettings):
     dbname: str = "erpsync_ops"
 
@@ -119,7 +126,7 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     connect: ConnectSettings = ConnectSettings()
-    erp: DatabaseSettings = DatabaseSettings()
+    erp: ErpDatabaseSettings = ErpDatabaseSettings()
     ops: OpsDatabaseSettings = OpsDatabaseSettings()
     wms: WmsDatabaseSettings = WmsDatabaseSettings()
     redis: RedisSettings = RedisSettings()

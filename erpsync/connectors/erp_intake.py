@@ -34,10 +34,10 @@ class IntakeWriter(DynamicSink[Emit]):
         self.settings = settings
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _IntakePartition:
-        erp = self.settings.erp
+        erp = self.settings.erp  # the intake login may insert into erp.order_intake, nothing else
         return _IntakePartition(psycopg.connect(
-            host=erp.host, port=erp.port, dbname=erp.dbname, user=erp.user,
-            password=erp.password.get_secret_value(), connect_timeout=10))
+            host=erp.host, port=erp.port, dbname=erp.dbname, user=erp.intake_user,
+            password=erp.intake_password.get_secret_value(), connect_timeout=10))
 
 
 class _IntakePartition(StatelessSinkPartition[Emit]):

@@ -58,11 +58,11 @@ def reduce(step_id: str, up: Stream[tuple[str, Any]], apply: Callable[[Any, Any]
 
 
 class Ticker:
-    """Forwards a Tick when this worker first sees a new `resolution_ms` slot of a source's event time.
+    """Forwards a Tick when this worker first sees a new `resolution_ms` slot of an input's event time.
 
-    Event time is the source commit time of canonical events, per source system. Its memory is not
-    recovered: after a restart the first ticks are sent again, which changes nothing (reducers keep
-    the maximum).
+    Event time is the source commit time of canonical events, per raw input partition (the unit
+    Kafka delivers in order: one table's changes). Its memory is not recovered: after a restart the
+    first ticks are sent again, which changes nothing (reducers keep the maximum).
     """
 
     def __init__(self, resolution_ms: int = 1000) -> None:
@@ -71,9 +71,10 @@ class Ticker:
 
     def __call__(self, event: Emit) -> Tick | None:
         source = event.value["source"]
-        ms, system = source["commit_ts_ms"], source["system"]
+        ms = source["commit_ts_ms"]
+        stream = f"{source.get('topic') or source['system']}#{source.get('partition', 0)}"
         slot = ms - ms % self.resolution_ms
-        if slot <= self.last.get(system, -1):
+        if slot <= self.last.get(stream, -1):
             return None
-        self.last[system] = slot
-        return Tick(slot, system)
+        self.last[stream] = slot
+        return Tick(slot, stream)

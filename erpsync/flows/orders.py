@@ -75,11 +75,12 @@ def _copy(state: Any) -> Any:
 
 
 class _DeskLogic(StatefulBatchLogic[DeskInput, DeskOutput, DeskState]):
-    """The intake desk, plus the wall-clock test for quiet sources (live only).
+    """The intake desk, plus the wall-clock test for quiet input streams (live only).
 
-    An order waits for every source's event time to reach it (see ``erpsync.state.intake``). A
-    source that sent no tick for `hold_ms` of wall time is quiet (idle, not lagging): orders stop
-    waiting for it. Replay has no wall clock; the desk judges quietness in event time there.
+    An order waits for every input stream's event time to reach it (see ``erpsync.state.intake``).
+    A stream (raw topic partition) that sent no tick for `hold_ms` of wall time is quiet (idle, not
+    lagging: a backlogged partition delivers at every poll): orders stop waiting for it. Replay has
+    no wall clock; the desk judges quietness in event time there.
     """
 
     def __init__(self, desk: IntakeDesk, resume: DeskState | None, live: bool, hold_ms: int) -> None:
@@ -88,7 +89,7 @@ class _DeskLogic(StatefulBatchLogic[DeskInput, DeskOutput, DeskState]):
         self.live = live
         self.hold = timedelta(milliseconds=hold_ms)
         now = datetime.now(UTC)
-        self.last_tick = {system: now for system in self.state.watermarks}  # a restart is not quiet
+        self.last_tick = {stream: now for stream in self.state.watermarks}  # a restart is not quiet
         self.wake: datetime | None = None
         self._arm()
 
@@ -106,8 +107,8 @@ class _DeskLogic(StatefulBatchLogic[DeskInput, DeskOutput, DeskState]):
         for value in values:
             self.state, outs = self.desk.apply(self.state, value)
             out.extend(outs)
-            if isinstance(value, Tick) and value.system:
-                self.last_tick[value.system] = now
+            if isinstance(value, Tick) and value.stream:
+                self.last_tick[value.stream] = now
         self._arm()
         return out, StatefulBatchLogic.RETAIN
 

@@ -335,6 +335,14 @@ class Postgres(Component):
                 "capture_password": self.settings.erp.capture_password.get_secret_value(),
             },
         )
+        self._psql_file(
+            DEBEZIUM_DIR / "erp-intake-writer.sql",
+            dbname=self.settings.erp.dbname,
+            variables={
+                "intake_user": self.settings.erp.intake_user,
+                "intake_password": self.settings.erp.intake_password.get_secret_value(),
+            },
+        )
 
     def _psql_file(self, path: Path, *, dbname: str, variables: dict[str, str]) -> None:
         # Variables go through stdin (\set), not argv, so passwords never show up in `ps`.

@@ -79,10 +79,10 @@ class IntakeAccepted:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """Event time of source `system` has reached `event_ms` (at the ticker's resolution): TTLs may expire."""
+    """Event time of input `stream` (a raw topic partition) has reached `event_ms`: TTLs may expire."""
 
     event_ms: int
-    system: str = ""
+    stream: str = ""
 
 
 def to_second(event_ms: int) -> int:

@@ -11,12 +11,13 @@ reservations of the orders it accepted, so "ATS at validation, counting earlier 
 is exact: ``max(0, floor((network − reserved) × share))``, the ledger's own formula.
 
 An order is validated against the sources as of its own time: the desk holds it until the event
-time of every source system (``Tick``s from canonical events, per system) has reached the order's
-Kafka timestamp. Catching up on a backlog (where one source may lag another), or replaying a dump,
-then decides each order on the same state as a pipeline that kept up would have. A quiet source
-sends no ticks: live, the flow tells ``release`` which systems have been quiet for a short
-wall-clock wait; in replay (no wall clock) a system counts as quiet once another system's event
-time is `quiet_ms` past the order; at the end of input everything waiting is decided.
+time of every input stream (``Tick``s from canonical events, per raw topic partition: one table's
+changes, which Kafka delivers in order) has reached the order's Kafka timestamp. Catching up on a
+backlog (where one table's topic may lag another's), or replaying a dump, then decides each order
+on the same state as a pipeline that kept up would have. An idle table sends no ticks: live, the
+flow tells ``release`` which streams have been quiet for a short wall-clock wait; in replay (no
+wall clock) a stream counts as quiet once another stream's event time is `quiet_ms` past the
+order; at the end of input everything waiting is decided.
 """
 
 from __future__ import annotations
@@ -271,7 +272,7 @@ class DeskState:
     accepted: set[str] = field(default_factory=set)  # "<channel>/<ext id>" accepted once: never again
     sequence: int = 0  # accepted orders so far: the "commerce" position of what they cause
     waiting: list[RawRecord] = field(default_factory=list)  # orders ahead of source event time, in arrival order
-    watermarks: dict[str, int] = field(default_factory=dict)  # source system -> newest event time (tick slots)
+    watermarks: dict[str, int] = field(default_factory=dict)  # input stream -> newest event time (tick slots)
 
     def copy(self) -> DeskState:
         """A snapshot copy (containers copied, immutable values shared)."""
@@ -287,7 +288,7 @@ class IntakeDesk:
 
     def __init__(self, channels: Sequence[Channel], tick_ms: int = 100, quiet_ms: int | None = None) -> None:
         self.tick_ms = tick_ms  # resolution of the ticks the flow sends
-        self.quiet_ms = quiet_ms  # replay: a system is quiet once another is this far past the order
+        self.quiet_ms = quiet_ms  # replay: a stream is quiet once another is this far past the order
         self.channels = {c.id: c for c in channels}
         self.index = {c.id: i for i, c in enumerate(channels)}
         self.shares = {c.id: (c.share_exact.numerator, c.share_exact.denominator) for c in channels}
@@ -306,8 +307,8 @@ class IntakeDesk:
             if old is None or event.version > old[0]:
                 st.network[event.sku] = (event.version, event.status, event.networks)
         elif isinstance(event, Tick):
-            if event.system and event.event_ms > st.watermarks.get(event.system, -1):
-                st.watermarks[event.system] = event.event_ms
+            if event.stream and event.event_ms > st.watermarks.get(event.stream, -1):
+                st.watermarks[event.stream] = event.event_ms
             out.extend(self._reserve(st, event))
             if st.waiting:
                 out.extend(self.release(st, frozenset()))
@@ -318,7 +319,7 @@ class IntakeDesk:
         return st, out
 
     def release(self, st: DeskState, quiet: frozenset[str] | None = None) -> list[DeskOutput]:
-        """Validate the waiting orders that are due, counting `quiet` systems as caught up (None: all)."""
+        """Validate the waiting orders that are due, counting `quiet` streams as caught up (None: all)."""
         out: list[DeskOutput] = []
         still: list[RawRecord] = []
         for raw in st.waiting:
@@ -330,11 +331,11 @@ class IntakeDesk:
         return out
 
     def _due(self, st: DeskState, raw: RawRecord, quiet: frozenset[str] = frozenset()) -> bool:
-        """Whether every source's event time has reached the order's time (within the tick resolution)."""
+        """Whether every input stream's event time has reached the order's time (within the tick resolution)."""
         slot = raw.timestamp_ms - raw.timestamp_ms % self.tick_ms
         newest = max(st.watermarks.values(), default=-1)
         replay_quiet = self.quiet_ms is not None and newest >= slot + self.quiet_ms
-        return all(ms >= slot or system in quiet or replay_quiet for system, ms in st.watermarks.items())
+        return all(ms >= slot or stream in quiet or replay_quiet for stream, ms in st.watermarks.items())
 
     # -- catalog
 
