@@ -28,7 +28,7 @@ from bytewax.testing import TestingSource
 
 from erpsync.channels import load_channels
 from erpsync.flows.availability import commitments
-from erpsync.flows.orders import orders
+from erpsync.flows.orders import orders, sla_clock
 from erpsync.records import Emit, RawRecord
 from erpsync.runner import tune_gc
 from erpsync.state.sla import Slas
@@ -130,7 +130,8 @@ def _run(n_orders: int, n_lines: int, n_skus: int, lifecycle: bool) -> tuple[flo
     split = op.branch("is_order", items, lambda x: isinstance(x, RawRecord))
     canonical = split.falses
     out = orders(canonical, commitments(canonical), split.trues, load_channels(), Slas())  # type: ignore[arg-type]
-    op.output("count", op.merge("all", out.emits, out.reservations, out.dead_letters, out.ignored), Count())
+    fired = sla_clock(out.deadlines, out.ticks)
+    op.output("count", op.merge("all", out.emits, fired, out.reservations, out.dead_letters, out.ignored), Count())
     tune_gc()
     start = time.perf_counter()
     cli_main(flow, workers_per_process=1)

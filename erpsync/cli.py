@@ -114,7 +114,7 @@ def _schemas_check(settings: Settings, args: argparse.Namespace) -> int:
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from erpsync.demo import run_demo  # noqa: PLC0415
 
-    return run_demo(settings, SchemaRegistry.load())
+    return run_demo(settings, SchemaRegistry.load(), orders=args.orders, rate=args.rate)
 
 
 def _simulate(settings: Settings, args: argparse.Namespace) -> int:
@@ -255,8 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     cf = sub.add_parser("capture-fixtures", help="script ERP/WMS changes on the local stack, dump the envelopes")
     cf.add_argument("--output", type=Path, default=Path("tests/fixtures/debezium"))
     cf.set_defaults(func=_capture_fixtures)
-    sub.add_parser("demo", help="show the pipeline at work on the local stack (after `stack up`)"
-                   ).set_defaults(func=_demo)
+    dm = sub.add_parser("demo", help="show the pipeline at work on the local stack (after `stack up`)")
+    dm.add_argument("--orders", type=int, default=40, help="channel orders the workload sends (default 40)")
+    dm.add_argument("--rate", type=float, default=4.0, help="orders per second (default 4)")
+    dm.set_defaults(func=_demo)
     sim = sub.add_parser("simulate", help="play channels, ERP and WMS around a running pipeline (local stack)")
     sim.add_argument("--orders", type=int, default=50, help="channel orders to send")
     sim.add_argument("--rate", type=float, default=5.0, help="orders per second (0: as fast as possible)")

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,14 @@ import psycopg
 import pymysql
 import redis
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
-from rich.console import Console
+from rich.columns import Columns
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 
 from erpsync.channels import load_channels
 from erpsync.connectors import ops_db
+from erpsync.reconcile import reconcile, render
 from erpsync.records import DLQ_TOPIC, EXCEPTIONS_TOPIC
 from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
 from erpsync.settings import Settings
@@ -96,7 +100,8 @@ def _ats(settings: Settings, sku: str, timeout_s: float) -> dict[str, int | None
     return values
 
 
-def run_demo(settings: Settings, registry: SchemaRegistry, console: Console | None = None) -> int:
+def run_demo(settings: Settings, registry: SchemaRegistry, console: Console | None = None, *,
+             orders: int = 40, rate: float = 4.0) -> int:
     console = console or Console()
     tag = f"DEMO{secrets.token_hex(2).upper()}"
     work = Path(tempfile.mkdtemp(prefix="erpsync-demo-"))
@@ -154,7 +159,7 @@ def run_demo(settings: Settings, registry: SchemaRegistry, console: Console | No
             table.add_row(channel, str(ats_value), f"(on hand 95 - allocated 5) - safety stock 12, {how}")
         console.print(table)
 
-        manifest = _orders(settings, registry, console, tag)
+        manifest = _orders(settings, registry, console, tag, orders, rate)
     finally:
         pipeline.send_signal(signal.SIGINT)
         try:
@@ -170,47 +175,46 @@ def run_demo(settings: Settings, registry: SchemaRegistry, console: Console | No
     return 0 if ok else 1
 
 
-def _orders(settings: Settings, registry: SchemaRegistry, console: Console, tag: str) -> Manifest:
-    """Channel orders through intake governance, the ERP and the WMS, played by the reference workload."""
-    console.print("Sending 12 channel orders (some faulty) and playing the ERP and the WMS "
-                  "([cyan]erpsync simulate[/]) ...")
-    with Workload(settings, seed=29, tag=f"O{tag[4:]}", fault_rate=0.3, downstream_fault_rate=0.3,
-                  return_rate=0.2) as work:
-        manifest = work.run(orders=12, rate=10, timeout_s=120, ready_timeout_s=120)
-        if not manifest.drained:
-            console.print(f"[red]the workload did not finish: {manifest.summary()}")
-        # SLAs run on event time: one more source change after them lets the clock see they passed.
-        time.sleep(3)
-        work.seed()
-        with psycopg.connect(host=settings.erp.host, port=settings.erp.port, dbname=settings.erp.dbname,
-                             user=settings.erp.user, password=settings.erp.password.get_secret_value(),
-                             autocommit=True) as erp:
-            erp.execute("UPDATE erp.items SET updated_at = now() WHERE sku = %s", (work.scenario.catalog.items[0].sku,))
-    like = f"{manifest.tag}-%"
-    with ops_db.connect(settings) as conn:
-        deadline = time.monotonic() + 30
+def _orders(settings: Settings, registry: SchemaRegistry, console: Console, tag: str, orders: int,
+            rate: float) -> Manifest:
+    """The reference workload's channel orders through intake, the ERP and the WMS, watched live."""
+    console.print(f"Sending {orders} channel orders (some faulty) at {rate:g}/s and playing the ERP and the WMS "
+                  "([cyan]erpsync simulate[/]); the view below refreshes as the pipeline publishes ...")
+    work = Workload(settings, seed=29, tag=f"O{tag[4:]}", fault_rate=0.3, downstream_fault_rate=0.3,
+                    return_rate=0.2, max_orders=max(1000, orders))
+    result: dict[str, Manifest] = {}
+
+    def play() -> None:
+        try:
+            result["manifest"] = work.run(orders=orders, rate=rate, timeout_s=120, ready_timeout_s=120)
+            # SLAs run on event time: one more source change after them lets the clock see they passed.
+            time.sleep(3)
+            work.seed()
+            with psycopg.connect(host=settings.erp.host, port=settings.erp.port, dbname=settings.erp.dbname,
+                                 user=settings.erp.user, password=settings.erp.password.get_secret_value(),
+                                 autocommit=True) as erp:
+                erp.execute("UPDATE erp.items SET updated_at = now() WHERE sku = %s",
+                            (work.scenario.catalog.items[0].sku,))
+        finally:
+            work.close()
+
+    player = threading.Thread(target=play, name="workload", daemon=True)
+    player.start()
+    view = _View(settings, work.scenario.tag, [i.sku for i in work.scenario.catalog.items])
+    with Live(view.render(), console=console, refresh_per_second=4) as live:
+        settle_until = None
         while True:
-            rows = conn.execute(
-                "SELECT channel, external_order_id, status, order_id, reasons, lines FROM sync.order_status"
-                " WHERE external_order_id LIKE %s ORDER BY external_order_id", (like,)).fetchall()
-            settled = len(rows) == len(manifest.orders) and all(
-                r[2] in ("invoiced", "rejected") for r in rows)
-            if settled or time.monotonic() > deadline:
-                break
-            conn.commit()
+            live.update(view.render())
+            if not player.is_alive():
+                settle_until = settle_until or time.monotonic() + 6  # exceptions after the SLAs, final statuses
+                if time.monotonic() > settle_until or view.settled(result.get("manifest")):
+                    live.update(view.render())
+                    break
             time.sleep(0.5)
-    table = Table(title="5. Channel orders: intake governance -> ERP -> WMS (order-status.<channel>, ops database)")
-    for col in ("channel", "order", "status", "ERP order", "lines (ordered/allocated/shipped)", "why"):
-        table.add_column(col)
-    for channel, ext, status, order_id, reasons, lines in rows:
-        fault = manifest.orders.get(f"{channel}:{ext}")
-        why = ", ".join(reasons) if reasons else (manifest.downstream.get(f"{channel}:{ext}") or
-                                                   ("sent twice, imported once" if fault == "duplicate" else ""))
-        table.add_row(channel, ext, status, str(order_id or "-"),
-                      " ".join(f"{x['ordered']}/{x['allocated']}/{x['shipped']}" for x in lines), why)
-    console.print(table)
-    expected = len(manifest.expected_rejections()) + len(manifest.downstream)
-    found = _read(settings, [EXCEPTIONS_TOPIC], manifest.tag, expected=expected, timeout_s=30)
+    manifest = result.get("manifest") or work.manifest
+    if not manifest.drained:
+        console.print(f"[red]the workload did not finish: {manifest.summary()}")
+    found = _read(settings, [EXCEPTIONS_TOPIC], manifest.tag, expected=10**6, timeout_s=3)
     deserialize = make_value_deserializer(registry, settings.kafka.schema_registry_url)
     table = Table(title="6. Exceptions raised (sync.exceptions): classified, with the business key")
     for col in ("kind", "business key", "reason"):
@@ -219,4 +223,84 @@ def _orders(settings: Settings, registry: SchemaRegistry, console: Console, tag:
         _, value = deserialize(msg.topic(), msg.value())
         table.add_row(value["kind"], value["business_key"], value["reason"])
     console.print(table)
+
+    console.print("Reconciling: the ERP and the WMS read directly vs what channels were told "
+                  "([cyan]erpsync reconcile[/]) ...")
+    report = reconcile(settings, sku_like=f"SKU-{manifest.tag}-%", order_like=f"{manifest.tag}-%")
+    console.print(render(report))
     return manifest
+
+
+class _View:
+    """The live dashboard for the workload's tag.
+
+    ATS per SKU and channel (Redis), order statuses and recent orders, open exceptions by kind
+    (ops database) and sync latency.
+    """
+
+    def __init__(self, settings: Settings, tag: str, skus: list[str]) -> None:
+        self.settings, self.tag, self.skus = settings, tag, skus[:8]
+        self.channels = [c.id for c in load_channels()]
+        self.store = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+        self.started_ms = int(time.time() * 1000)
+
+    def settled(self, manifest: Manifest | None) -> bool:
+        if manifest is None:
+            return False
+        statuses = self._statuses()
+        done = sum(n for s, n in statuses.items() if s in ("invoiced", "rejected"))
+        return done >= len(manifest.orders)
+
+    def _statuses(self) -> dict[str, int]:
+        with ops_db.connect(self.settings) as conn:
+            return dict(conn.execute("SELECT status, count(*) FROM sync.order_status WHERE external_order_id"
+                                     " LIKE %s GROUP BY status", (f"{self.tag}-%",)).fetchall())
+
+    def render(self) -> Group:
+        ats = Table(title="ATS by SKU and channel (Redis: what storefronts read)", expand=False)
+        ats.add_column("SKU")
+        for c in self.channels:
+            ats.add_column(c, justify="right")
+        for sku in self.skus:
+            ats.add_row(sku, *[_text(self.store.hget(f"ats:{c}", sku)) for c in self.channels])
+        with ops_db.connect(self.settings) as conn:
+            like = f"{self.tag}-%"
+            statuses = dict(conn.execute("SELECT status, count(*) FROM sync.order_status WHERE external_order_id"
+                                         " LIKE %s GROUP BY status", (like,)).fetchall())
+            recent = conn.execute(
+                "SELECT channel, external_order_id, status, array_to_string(reasons, ', ') FROM sync.order_status"
+                " WHERE external_order_id LIKE %s ORDER BY written_at DESC LIMIT 8", (like,)).fetchall()
+            kinds = conn.execute(
+                "SELECT kind, count(*) FROM sync.exceptions WHERE state = 'open' AND business_key LIKE %s"
+                " GROUP BY kind ORDER BY kind", (f"%{self.tag}-%",)).fetchall()
+            latency = conn.execute(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), percentile_cont(0.99) WITHIN GROUP"
+                " (ORDER BY ms), count(*) FROM (SELECT extract(epoch FROM written_at) * 1000 - last_fact_ms AS ms"
+                " FROM sync.order_status WHERE external_order_id LIKE %s UNION ALL"
+                " SELECT extract(epoch FROM written_at) * 1000 - event_time_ms FROM sync.availability"
+                " WHERE sku LIKE %s) t", (like, f"SKU-{self.tag}-%")).fetchone()
+        order_table = Table(title="Order status (order-status.<channel>)")
+        for col in (*STATUS_ORDER, ):
+            order_table.add_column(col, justify="right")
+        order_table.add_row(*[str(statuses.get(s, 0)) for s in STATUS_ORDER])
+        recent_table = Table(title="Latest status updates")
+        for col in ("channel", "order", "status", "reasons"):
+            recent_table.add_column(col)
+        for row in recent:
+            recent_table.add_row(*[str(x) for x in row])
+        exc_table = Table(title="Open exceptions by kind")
+        exc_table.add_column("kind")
+        exc_table.add_column("open", justify="right")
+        for kind, n in kinds:
+            exc_table.add_row(kind, str(n))
+        p50, p99, n = latency or (None, None, 0)
+        lat = (f"sync latency, source commit -> ops database write: p50 {p50:.0f} ms, p99 {p99:.0f} ms "
+               f"({n} writes)") if n and p50 is not None and p99 is not None else "sync latency: no writes yet"
+        return Group(Columns([ats, exc_table]), order_table, recent_table, lat)
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None else value.decode() if isinstance(value, bytes) else str(value)
+
+
+STATUS_ORDER = ("received", "accepted", "allocated", "partially_shipped", "shipped", "invoiced", "rejected")

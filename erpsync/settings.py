@@ -104,9 +104,11 @@ class FlowSettings(BaseModel):
     allocation_sla_s: float = 4 * 3600
     status_grace_s: float = 15 * 60
     credit_sla_s: float = 72 * 3600
+    unknown_sku_grace_s: float = 60  # stock or orders for a SKU not (yet) in the item master
 
     def slas(self) -> Slas:
-        return Slas(int(self.allocation_sla_s * 1000), int(self.status_grace_s * 1000), int(self.credit_sla_s * 1000))
+        return Slas(int(self.allocation_sla_s * 1000), int(self.status_grace_s * 1000), int(self.credit_sla_s * 1000),
+                    int(self.unknown_sku_grace_s * 1000))
 
 
 class TelemetrySettings(BaseModel):

@@ -30,12 +30,13 @@ from erpsync.state.ats import (
     SkuLedger,
     SkuState,
 )
+from erpsync.state.sla import Deadline
 
 _ORDER_FACTS = frozenset({ORDER_TOPIC, ORDER_LINE_TOPIC, ALLOCATION_TOPIC})
 _SKU_FACTS = frozenset({INVENTORY_TOPIC, ITEM_TOPIC})
 
 
-class _LedgerLogic(StatefulBatchLogic[LedgerInput, Emit, SkuState]):
+class _LedgerLogic(StatefulBatchLogic[LedgerInput, Emit | Deadline, SkuState]):
     """Runs the pure ledger for one SKU and arms a wall-clock timer for held updates.
 
     The throttle works in event time (source commit time); live, event time tracks the wall clock,
@@ -57,8 +58,8 @@ class _LedgerLogic(StatefulBatchLogic[LedgerInput, Emit, SkuState]):
         self.wake = None if due is None else \
             datetime.now(UTC) + timedelta(milliseconds=max(0, due - self.state.event_ms))
 
-    def on_batch(self, values: list[LedgerInput]) -> tuple[Iterable[Emit], bool]:
-        out: list[Emit] = []
+    def on_batch(self, values: list[LedgerInput]) -> tuple[Iterable[Emit | Deadline], bool]:
+        out: list[Emit | Deadline] = []
         if not self.state.sku:
             self.state.sku = _sku(values[0])
         for value in values:
@@ -67,8 +68,8 @@ class _LedgerLogic(StatefulBatchLogic[LedgerInput, Emit, SkuState]):
         self._arm()
         return out, StatefulBatchLogic.RETAIN
 
-    def _release(self) -> list[Emit]:
-        out: list[Emit] = []
+    def _release(self) -> list[Emit | Deadline]:
+        out: list[Emit | Deadline] = []
         while (due := self.ledger.due_ms(self.state)) is not None:
             self.state, emits = self.ledger.flush(self.state, self.state.sku, due)
             out.extend(emits)
@@ -77,10 +78,10 @@ class _LedgerLogic(StatefulBatchLogic[LedgerInput, Emit, SkuState]):
         self._arm()
         return out
 
-    def on_notify(self) -> tuple[Iterable[Emit], bool]:
+    def on_notify(self) -> tuple[Iterable[Emit | Deadline], bool]:
         return self._release(), StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[Iterable[Emit], bool]:
+    def on_eof(self) -> tuple[Iterable[Emit | Deadline], bool]:
         return self._release(), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -110,8 +111,11 @@ def commitments(canonical: Stream[Emit]) -> Stream[Commitment]:
 
 
 def availability(canonical: Stream[Emit], committed: Stream[Commitment], reservations: Stream[Reservation] | None,
-                 channels: Sequence[Channel], *, live: bool = True) -> Stream[Emit]:
+                 channels: Sequence[Channel], *, live: bool = True,
+                 unknown_sku_ms: int = 60_000) -> Stream[Emit | Deadline]:
     """Availability updates and exceptions, from canonical events, commitments and intake reservations.
+
+    Also `unknown_sku` deadlines, for the SLA clock (``erpsync.flows.orders.sla_clock``).
 
     live=False (replay): no wall-clock timers; held updates are released by later events and at
     the end of input, in event time only, so two replays of a dump publish the same records.
@@ -119,7 +123,7 @@ def availability(canonical: Stream[Emit], committed: Stream[Commitment], reserva
     sku_facts = op.filter("avail_sku_facts", canonical, lambda e: e.topic in _SKU_FACTS)
     ledger_in: Stream[LedgerInput] = op.merge(
         "avail_ledger_in", sku_facts, committed, *([] if reservations is None else [reservations]))
-    ledger = SkuLedger(channels)
+    ledger = SkuLedger(channels, unknown_sku_ms)
     published = op.stateful_batch(
         "avail_ledger", op.key_on("avail_by_sku", ledger_in, _sku),
         lambda resume: _LedgerLogic(ledger, resume, live))

@@ -11,7 +11,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from erpsync.records import DeadLetter, Emit, Ignored, Outcome
-from erpsync.state.ats import Tick
+from erpsync.state import Tick
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ Steps (pure reducers from ``erpsync.state``, keyed as they need):
   ERP/WMS fact to its order's channel key.
 - ``orders_status`` (by "<channel>/<external order id>"): ``OrderStatus`` per channel when a
   channel-visible field changed, discrepancy exceptions, SLA deadlines.
-- ``orders_sla`` (one key): deadlines against event time -> SLA exceptions.
+- ``sla`` (one key, ``sla_clock``, wired by the pipeline with the availability flow's deadlines
+  too): deadlines against event time -> SLA exceptions.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bytewax.operators import StatefulBatchLogic
 from erpsync.channels import Channel
 from erpsync.flows.common import Ticker, reduce
 from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
+from erpsync.state import Tick
 from erpsync.state.ats import (
     INVENTORY_TOPIC,
     ITEM_TOPIC,
@@ -35,7 +37,6 @@ from erpsync.state.ats import (
     Commitment,
     Reservation,
     SkuNetwork,
-    Tick,
 )
 from erpsync.state.intake import CUSTOMER_TOPIC, PRICE_TOPIC, DeskInput, DeskOutput, DeskState, IntakeDesk
 from erpsync.state.order_status import (
@@ -54,9 +55,18 @@ COMMERCE_ORDERS_TOPIC = "commerce.orders"
 _DESK_FACTS = frozenset({CUSTOMER_TOPIC, ITEM_TOPIC, PRICE_TOPIC, ORDER_TOPIC, ORDER_INTAKE_TOPIC})
 
 
+def sla_clock(deadlines: Stream[Deadline], ticks: Stream[Tick]) -> Stream[Emit]:
+    """The SLA clock: deadlines of every flow against event time -> their exceptions when due."""
+    clock = Deadlines()
+    sla_in = op.key_on("sla_one_clock", op.merge("sla_in", deadlines, ticks), lambda _: "sla")
+    return reduce("sla", sla_in, clock.apply, lambda st: None if st is None else DeadlineState.copy(st))
+
+
 @dataclass(frozen=True)
 class OrdersOut:
     emits: Stream[Emit]  # accepted orders, order statuses, exceptions
+    deadlines: Stream[Deadline]  # SLA deadlines armed/disarmed (for sla_clock)
+    ticks: Stream[Tick]  # source event time
     reservations: Stream[Reservation]  # for the availability ledger
     dead_letters: Stream[DeadLetter]
     ignored: Stream[Ignored]
@@ -170,11 +180,10 @@ def orders(canonical: Stream[Emit], commitments: Stream[Commitment], channel_ord
                       lambda st: None if st is None else BookState.copy(st), book.flush)
     is_deadline = op.branch("orders_is_deadline", book_out, lambda o: isinstance(o, Deadline))
 
-    clock = Deadlines()
-    sla_in = op.key_on("orders_one_clock", op.merge("orders_sla_in", is_deadline.trues, ticks), lambda _: "sla")
-    fired = reduce("orders_sla", sla_in, clock.apply, lambda st: None if st is None else DeadlineState.copy(st))
     return OrdersOut(
-        emits=op.merge("orders_emits", is_emit.trues, is_deadline.falses, fired),
+        emits=op.merge("orders_emits", is_emit.trues, is_deadline.falses),
+        deadlines=is_deadline.trues,
+        ticks=ticks,
         reservations=is_reservation.trues,
         dead_letters=is_dead.trues,
         ignored=is_dead.falses,

@@ -19,14 +19,15 @@ from erpsync import telemetry
 from erpsync.channels import Channel
 from erpsync.flows.availability import availability, commitments
 from erpsync.flows.canonicalize import canonicalize, make_canonicalizer
-from erpsync.flows.orders import COMMERCE_ORDERS_TOPIC, orders
+from erpsync.flows.orders import COMMERCE_ORDERS_TOPIC, orders, sla_clock
 from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
 from erpsync.schemas.registry import SchemaRegistry
-from erpsync.state.ats import AVAILABILITY_SCHEMA, EXCEPTION_SCHEMA
+from erpsync.state import EXCEPTION_SCHEMA
+from erpsync.state.ats import AVAILABILITY_SCHEMA
 from erpsync.state.dead_letters import dead_letter_exception
 from erpsync.state.intake import ACCEPTED_ORDER_SCHEMA
 from erpsync.state.order_status import ORDER_STATUS_SCHEMA
-from erpsync.state.sla import Slas
+from erpsync.state.sla import Deadline, Slas
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,16 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
     canon = canonicalize(channel_orders.falses, make_canonicalizer(registry, mappings_dir))
     committed = commitments(canon.emits)
     governed = orders(canon.emits, committed, channel_orders.trues, channels, slas or Slas(), live=live)
-    derived = availability(canon.emits, committed, governed.reservations, channels, live=live)
+    slas = slas or Slas()
+    ledger_out = availability(canon.emits, committed, governed.reservations, channels, live=live,
+                              unknown_sku_ms=slas.unknown_sku_ms)
+    ledger_split = op.branch("availability_deadlines", ledger_out, lambda o: isinstance(o, Deadline))
+    derived: Stream[Emit] = ledger_split.falses  # type: ignore[assignment]
+    fired = sla_clock(op.merge("all_deadlines", governed.deadlines, ledger_split.trues), governed.ticks)
     dead_letters = op.merge("dead_letters", unreadable, canon.dead_letters, governed.dead_letters)
     # every dead letter is also an exception (replayable, see erpsync.state.dead_letters)
     dead_letter_exceptions = op.map("dead_letter_exceptions", dead_letters, dead_letter_exception)
-    emits = op.merge("all_emits", canon.emits, derived, governed.emits, dead_letter_exceptions)
+    emits = op.merge("all_emits", canon.emits, derived, governed.emits, fired, dead_letter_exceptions)
     for step, outcomes in (("canonicalize", canon), ("orders", governed)):
         _count(step, "out", outcomes.emits)
         _count(step, "dlq", outcomes.dead_letters)

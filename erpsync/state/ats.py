@@ -18,21 +18,19 @@ nothing. Time is event time (source commit timestamps), passed in; nothing here 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from erpsync.channels import Channel
-from erpsync.records import EXCEPTIONS_TOPIC, Emit
-from erpsync.state import newer
+from erpsync.records import Emit
+from erpsync.state import Tick, exception, newer, to_second
+from erpsync.state.sla import Deadline
 
 AVAILABILITY_SCHEMA = "io.erpsync.Availability"
 # Source systems whose positions an Availability reflects; the order of Redis/ops-db fences.
 POSITION_SYSTEMS = ("erp", "wms", "commerce", "clock")
 _SYSTEM_INDEX = {system: i for i, system in enumerate(POSITION_SYSTEMS)}
-EXCEPTION_SCHEMA = "io.erpsync.SyncException"
 COMMITTING_ORDER_STATUSES = frozenset({"entered", "released", "on_hold", "allocated"})
 
 ORDER_TOPIC = "canonical.order"
@@ -75,35 +73,6 @@ class IntakeAccepted:
     order: dict[str, Any]
     position: str
     event_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """Event time of input `stream` (a raw topic partition) has reached `event_ms`: TTLs may expire."""
-
-    event_ms: int
-    stream: str = ""
-
-
-def to_second(event_ms: int) -> int:
-    """Intake TTLs run on event time at one-second resolution (see Reservations)."""
-    return event_ms - event_ms % 1000
-
-
-def exception_id(kind: str, entity: str, key: str) -> str:
-    """Deterministic: the same problem (kind, entity, business key) is always the same exception."""
-    return hashlib.blake2b(f"{kind}|{entity}|{key}".encode(), digest_size=16).hexdigest()
-
-
-def exception(kind: str, severity: str, entity: str, key: str, reason: str, detail: dict[str, Any],
-              event_ms: int, *, source: dict[str, Any] | None = None, state: str = "open") -> Emit:
-    """A SyncException record; its id is deterministic so repeated occurrences update one exception."""
-    exc_id = exception_id(kind, entity, key)
-    return Emit(EXCEPTIONS_TOPIC, exc_id, EXCEPTION_SCHEMA, {
-        "id": exc_id, "kind": kind, "severity": severity, "entity": entity, "business_key": key,
-        "reason": reason, "detail": json.dumps(detail, sort_keys=True), "source": source,
-        "first_seen_ms": event_ms, "last_seen_ms": event_ms, "occurrences": 1, "state": state,
-    })
 
 
 def _event_ms(event: Emit | Commitment | Reservation) -> int:
@@ -324,8 +293,9 @@ LedgerInput = Emit | Commitment | Reservation
 class SkuLedger:
     """Reducer for one SKU: applies an input, then publishes what the throttle allows."""
 
-    def __init__(self, channels: Sequence[Channel]) -> None:
+    def __init__(self, channels: Sequence[Channel], unknown_sku_ms: int = 60_000) -> None:
         self.channels = tuple(channels)
+        self.unknown_sku_ms = unknown_sku_ms
         # Per channel, what the formula needs, precomputed: the hot path runs it for every event.
         self._plans = [
             (None if c.locations is None else frozenset(c.locations), c.include_in_transit,
@@ -333,9 +303,10 @@ class SkuLedger:
             for c in self.channels
         ]
 
-    def apply(self, state: SkuState | None, sku: str, event: LedgerInput) -> tuple[SkuState, list[Emit]]:
+    def apply(self, state: SkuState | None, sku: str,
+              event: LedgerInput) -> tuple[SkuState, list[Emit | Deadline]]:
         st = state or SkuState()
-        out: list[Emit] = []
+        out: list[Emit | Deadline] = []
         # What fell due before this event goes out first, at its due time: the same records whether
         # a live timer released it or (replay) the next event does.
         due = self.due_ms(st)
@@ -346,7 +317,7 @@ class SkuLedger:
         out.extend(self._publish(st, sku, st.event_ms))
         return st, out
 
-    def flush(self, state: SkuState, sku: str, now_ms: int) -> tuple[SkuState, list[Emit]]:
+    def flush(self, state: SkuState, sku: str, now_ms: int) -> tuple[SkuState, list[Emit | Deadline]]:
         """Publish what is due by event time now_ms (a timer or the end of input)."""
         return state, self._publish(state, sku, now_ms, flush=True)
 
@@ -408,7 +379,7 @@ class SkuLedger:
                         "network": network, "status": status})
         return out
 
-    def _publish(self, st: SkuState, sku: str, now_ms: int, flush: bool = False) -> list[Emit]:
+    def _publish(self, st: SkuState, sku: str, now_ms: int, flush: bool = False) -> list[Emit | Deadline]:
         out = self._unknown_sku(st, sku)
         if len(st.views) != 4 * len(self.channels):  # new state, or the channel set changed
             st.views = [-1, 0, 0, 0] * len(self.channels)
@@ -447,14 +418,22 @@ class SkuLedger:
         views[at + 3] = int(oversold)
         return out
 
-    def _unknown_sku(self, st: SkuState, sku: str) -> list[Emit]:
+    def _unknown_sku(self, st: SkuState, sku: str) -> list[Emit | Deadline]:
+        """Arm (or disarm) the `unknown_sku` deadline.
+
+        Raised only if the item master still lacks the SKU after `unknown_sku_ms` of event time:
+        stock and item changes come through different topics, and a new item's stock often arrives
+        first.
+        """
         unknown = (st.item is None or st.item[2] == "absent") and bool(st.stock or st.commitments or st.reservations)
         reported, st.unknown_reported = st.unknown_reported, unknown
-        if not unknown or reported:
+        if unknown == reported:
             return []
-        return [exception("unknown_sku", "warning", "item", sku,
-                          "stock or orders exist for a SKU that is not in the item master",
-                          {"locations": sorted(st.stock)}, st.event_ms)]
+        if not unknown:
+            return [Deadline("unknown_sku", sku, None, entity="item")]
+        return [Deadline("unknown_sku", sku, st.event_ms + self.unknown_sku_ms,
+                         "stock or orders exist for a SKU that is not in the item master",
+                         (("locations", sorted(st.stock)),), entity="item")]
 
 
 # ----------------------------------------------------------------------------- network for intake

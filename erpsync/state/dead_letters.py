@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from erpsync.records import DeadLetter, Emit, RawRecord
-from erpsync.state.ats import exception, exception_id
+from erpsync.state import exception, exception_id
 
 KIND = "dead_letter"
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from erpsync.channels import Channel
 from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
+from erpsync.state import Tick, exception
 from erpsync.state.ats import (
     ITEM_TOPIC,
     ORDER_INTAKE_TOPIC,
@@ -40,8 +41,6 @@ from erpsync.state.ats import (
     PendingIntakes,
     Reservation,
     Reservations,
-    Tick,
-    exception,
 )
 from erpsync.state.order_status import IntakeDecision
 

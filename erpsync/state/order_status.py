@@ -19,8 +19,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from erpsync.records import Emit
-from erpsync.state import newer
-from erpsync.state.ats import exception
+from erpsync.state import exception, newer
 from erpsync.state.sla import Deadline, Slas
 
 ORDER_STATUS_SCHEMA = "io.erpsync.OrderStatus"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from erpsync.records import Emit
-from erpsync.state.ats import Tick, exception
+from erpsync.state import Tick, exception
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,7 @@ class Slas:
     allocation_ms: int = 4 * 3600 * 1000  # accepted by the ERP, not allocated by the WMS
     status_grace_ms: int = 15 * 60 * 1000  # ERP and WMS disagree about an order
     credit_ms: int = 72 * 3600 * 1000  # return received, no credit memo
+    unknown_sku_ms: int = 60 * 1000  # stock or orders for a SKU the item master does not have (yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,7 @@ class Deadline:
     due_ms: int | None
     reason: str = ""
     detail: tuple[tuple[str, Any], ...] = ()
+    entity: str = "order"
 
 
 SEVERITY = {"allocation_sla_breach": "warning", "status_mismatch": "error", "credit_pending": "warning"}
@@ -67,6 +69,6 @@ class Deadlines:
         out = []
         for _, k in due:
             d = st.armed.pop(k)
-            out.append(exception(d.kind, SEVERITY.get(d.kind, "warning"), "order", d.key, d.reason,
+            out.append(exception(d.kind, SEVERITY.get(d.kind, "warning"), d.entity, d.key, d.reason,
                                  {**dict(d.detail), "due_ms": d.due_ms}, st.now_ms))
         return st, out

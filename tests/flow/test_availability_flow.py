@@ -43,7 +43,7 @@ def run_records(events: list[Any], workers: int) -> list[Emit]:
 def final(records: list[Emit], fields: tuple[str, ...] = ("ats",)) -> dict[tuple[str, str], Any]:
     last: dict[tuple[str, str], Any] = {}
     for e in records:  # per key, outputs arrive in order
-        if e.schema == AVAILABILITY_SCHEMA:
+        if isinstance(e, Emit) and e.schema == AVAILABILITY_SCHEMA:
             last[(e.value["channel"], e.value["sku"])] = tuple(e.value[f] for f in fields)
     return last
 

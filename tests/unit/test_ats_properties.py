@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from erpsync.channels import Channel, load_channels
 from erpsync.records import Emit
+from erpsync.state import Tick
 from erpsync.state.ats import (
     AVAILABILITY_SCHEMA,
     Commitment,
@@ -22,7 +23,6 @@ from erpsync.state.ats import (
     Reservation,
     Reservations,
     SkuLedger,
-    Tick,
 )
 
 CHANNELS = load_channels()
@@ -176,7 +176,7 @@ def run_pipeline(events: list[Any]) -> dict[tuple[str, str], int]:
 
     def record(out: list[Emit]) -> None:
         for e in out:
-            if e.schema == AVAILABILITY_SCHEMA:
+            if isinstance(e, Emit) and e.schema == AVAILABILITY_SCHEMA:
                 published[(e.value["channel"], e.value["sku"])] = e.value["ats"]
 
     for event in events:

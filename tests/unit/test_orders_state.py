@@ -8,7 +8,8 @@ from typing import Any
 
 from erpsync.channels import load_channels
 from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
-from erpsync.state.ats import Commitment, NetworkChange, Reservation, SkuNetwork, Tick
+from erpsync.state import Tick
+from erpsync.state.ats import Commitment, NetworkChange, Reservation, SkuNetwork
 from erpsync.state.intake import DeskState, IntakeDesk
 from erpsync.state.order_status import BookState, IntakeDecision, OrderRouter, ShipmentRouter, StatusBook
 from erpsync.state.sla import Deadline, Deadlines, Slas
@@ -330,3 +331,29 @@ def test_credits_are_compared_in_cents() -> None:
     memo = fact("canonical.credit-memo", {"order_id": 7, "credit_memo_id": 4, "rma_id": "R1", "amount": "37.00"})
     _, out = book_run([header("invoiced"), order_line(3, "12.3333"), ret, memo])  # 36.9999 is 37.00
     assert exceptions(out) == []
+
+
+def test_unknown_sku_waits_for_the_item_master_before_it_is_raised() -> None:
+    from erpsync.state.ats import SkuLedger  # noqa: PLC0415
+
+    ledger, clock = SkuLedger(CHANNELS, unknown_sku_ms=5000), Deadlines()
+    stock = fact("canonical.inventory-position", {"sku": "NEW-1", "location": "DC-EAST", "on_hand": 5,
+                                                  "allocated": 0, "in_transit": 0}, system="wms", ms=T0)
+    state, out = ledger.apply(None, "NEW-1", stock)
+    armed = [d for d in out if isinstance(d, Deadline)]
+    assert [(d.kind, d.key, d.due_ms, d.entity) for d in armed] == [("unknown_sku", "NEW-1", T0 + 5000, "item")]
+    # the item arrives (another topic) within the grace: disarmed, never raised
+    state, out = ledger.apply(state, "NEW-1", fact("canonical.item", {"sku": "NEW-1", "safety_stock": 0,
+                                                                      "status": "active"}, ms=T0 + 1000))
+    assert [(d.kind, d.due_ms) for d in out if isinstance(d, Deadline)] == [("unknown_sku", None)]
+    clock_state, fired = clock.apply(None, armed[0])
+    clock_state, fired = clock.apply(clock_state, [d for d in out if isinstance(d, Deadline)][0])
+    assert clock.apply(clock_state, Tick(T0 + 10_000, "x"))[1] == []
+    # a SKU that stays unknown is raised once the grace has passed
+    _, out = SkuLedger(CHANNELS, unknown_sku_ms=5000).apply(None, "GHOST", fact(
+        "canonical.inventory-position", {"sku": "GHOST", "location": "DC-EAST", "on_hand": 5, "allocated": 0,
+                                         "in_transit": 0}, system="wms", ms=T0))
+    clock_state, _ = clock.apply(None, [d for d in out if isinstance(d, Deadline)][0])
+    _, fired = clock.apply(clock_state, Tick(T0 + 5000, "x"))
+    assert [(e.value["kind"], e.value["entity"], e.value["business_key"]) for e in fired] == [
+        ("unknown_sku", "item", "GHOST")]
