@@ -2,11 +2,12 @@
 
 Usage:
   python -m bench.availability --throughput [--events 1000000] [--skus 100000]
-  python -m bench.availability --memory [--skus 1000000]
+  python -m bench.availability --memory [--skus 1000000] [--with-orders]
 Throughput: canonical inventory-position updates (3 locations per SKU, items loaded first) through
 the production availability dataflow (bytewax, 1 worker) into a counting sink, events/s.
 Memory: 1 item + 3 locations for every SKU; the process's peak resident size (ru_maxrss), reached
-when the last SKU enters state (bytewax frees the state when the run ends).
+when the last SKU enters state (bytewax frees the state when the run ends). --with-orders adds the
+orders flow, whose network step and intake desk also hold every SKU (the whole pipeline's cost).
 Events are generated lazily, so the input itself takes no memory.
 """
 
@@ -27,8 +28,10 @@ from bytewax.testing import TestingSource
 from bench.canonicalize import _Count
 from erpsync.channels import load_channels
 from erpsync.flows.availability import availability, commitments
+from erpsync.flows.orders import orders
 from erpsync.records import Emit
 from erpsync.runner import tune_gc
+from erpsync.state.sla import Slas
 
 LOCATIONS = ("DC-EAST", "DC-WEST", "DC-CENTRAL")
 
@@ -59,13 +62,23 @@ def events(skus: int, updates: int, seed: int = 3) -> Iterator[Emit]:
             "in_transit": 0}, position, ts)
 
 
-def run(skus: int, updates: int, *, materialize: bool) -> tuple[float, int]:
-    """Time the flow; materialize=True builds the input first, so only the flow is timed."""
+def run(skus: int, updates: int, *, materialize: bool, with_orders: bool = False) -> tuple[float, int]:
+    """Time the flow; materialize=True builds the input first, so only the flow is timed.
+
+    with_orders: the orders flow too (no channel orders), so its per-SKU network step and the intake
+    desk's view of every SKU are in memory as they are in the whole pipeline.
+    """
     counter = _Count()
     flow = Dataflow("bench_availability")
     source = list(events(skus, updates)) if materialize else events(skus, updates)
     canonical = op.input("inp", flow, TestingSource(source, batch_size=1000))
-    op.output("count", availability(canonical, commitments(canonical), None, load_channels()), counter)
+    committed = commitments(canonical)
+    out = availability(canonical, committed, None, load_channels())
+    if with_orders:
+        governed = orders(canonical, committed, op.filter_map("no_orders", canonical, lambda _: None),
+                          load_channels(), Slas(), live=False)
+        out = op.merge("all", out, governed.emits, governed.reservations)
+    op.output("count", out, counter)
     tune_gc()
     start = time.perf_counter()
     cli_main(flow, workers_per_process=1)
@@ -79,6 +92,7 @@ def main() -> None:
     mode.add_argument("--memory", action="store_true")
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--skus", type=int)
+    parser.add_argument("--with-orders", action="store_true", help="--memory: the orders flow's SKU state too")
     args = parser.parse_args()
     if args.throughput:
         skus = args.skus or 100_000
@@ -90,9 +104,10 @@ def main() -> None:
         print(f"records published             {published}")
     else:
         skus = args.skus or 1_000_000
-        seconds, published = run(skus, 0, materialize=False)
+        seconds, published = run(skus, 0, materialize=False, with_orders=args.with_orders)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"SKUs in state                 {skus} x {len(LOCATIONS)} locations (+ item each)")
+        print(f"SKUs in state                 {skus} x {len(LOCATIONS)} locations (+ item each)"
+              + (", availability and orders flows" if args.with_orders else ", availability flow"))
         print(f"peak resident (state full)    {peak:,.0f} MiB")
         print(f"load rate                     {4 * skus / seconds:,.0f} events/s")
 

@@ -11,10 +11,8 @@ import json
 from typing import Any
 
 import psycopg
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from erpsync import telemetry
-from erpsync.records import Emit
+from erpsync.connectors.ops_db import UpsertSink
 from erpsync.settings import Settings
 
 INSERT_INTAKE = """
@@ -29,26 +27,12 @@ def intake_row(value: dict[str, Any]) -> tuple[str, str, str]:
     return value["channel"], value["external_order_id"], json.dumps(value, sort_keys=True)
 
 
-class IntakeWriter(DynamicSink[Emit]):
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _IntakePartition:
-        erp = self.settings.erp  # the intake login may insert into erp.order_intake, nothing else
-        return _IntakePartition(psycopg.connect(
-            host=erp.host, port=erp.port, dbname=erp.dbname, user=erp.intake_user,
-            password=erp.intake_password.get_secret_value(), connect_timeout=10))
+def login(settings: Settings) -> psycopg.Connection[Any]:
+    """The intake login: it may insert into erp.order_intake, nothing else."""
+    erp = settings.erp
+    return psycopg.connect(host=erp.host, port=erp.port, dbname=erp.dbname, user=erp.intake_user,
+                           password=erp.intake_password.get_secret_value(), connect_timeout=10)
 
 
-class _IntakePartition(StatelessSinkPartition[Emit]):
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
-
-    def write_batch(self, items: list[Emit]) -> None:
-        with self.conn.cursor() as cur:
-            cur.executemany(INSERT_INTAKE, [intake_row(e.value) for e in items])
-        self.conn.commit()  # before the batch is acknowledged, so before the next snapshot
-        telemetry.sink_latency("erp", "erp.order_intake", (e.value["accepted_at_ms"] for e in items))
-
-    def close(self) -> None:
-        self.conn.close()
+def IntakeWriter(settings: Settings) -> UpsertSink:  # noqa: N802  (reads as the sink it makes)
+    return UpsertSink(settings, INSERT_INTAKE, intake_row, login=login, sink="erp")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,30 +80,6 @@ def availability_row(value: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-class AvailabilitySink(DynamicSink[Emit]):
-    """Upserts Availability records into sync.availability, fenced by source position per system."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _AvailabilityPartition:
-        return _AvailabilityPartition(connect(self.settings))
-
-
-class _AvailabilityPartition(StatelessSinkPartition[Emit]):
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
-
-    def write_batch(self, items: list[Emit]) -> None:
-        with self.conn.cursor() as cur:
-            cur.executemany(_UPSERT_AVAILABILITY, [availability_row(e.value) for e in items])
-        self.conn.commit()  # before the batch is acknowledged, so before the next snapshot
-        _latency("ops_db", items)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 _UPSERT_ORDER_STATUS = """
 INSERT INTO sync.order_status AS o (channel, external_order_id, order_id, status, reasons, lines, carriers,
     tracking_numbers, last_fact_ms, version)
@@ -114,31 +91,6 @@ ON CONFLICT (channel, external_order_id) DO UPDATE SET
     last_fact_ms = excluded.last_fact_ms, version = excluded.version, written_at = now()
 WHERE o.version < excluded.version
 """
-
-
-class OrderStatusSink(DynamicSink[Emit]):
-    """Upserts OrderStatus records into sync.order_status, fenced by the status version."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _OrderStatusPartition:
-        return _OrderStatusPartition(connect(self.settings))
-
-
-class _OrderStatusPartition(StatelessSinkPartition[Emit]):
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
-
-    def write_batch(self, items: list[Emit]) -> None:
-        rows = [{**e.value, "lines": Jsonb(e.value["lines"])} for e in items]
-        with self.conn.cursor() as cur:
-            cur.executemany(_UPSERT_ORDER_STATUS, rows)
-        self.conn.commit()
-        _latency("ops_db", items)
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 _UPSERT_EXCEPTION = """
@@ -169,28 +121,53 @@ def exception_row(value: dict[str, Any]) -> dict[str, Any]:
             "source": None if value["source"] is None else Jsonb(value["source"])}
 
 
-class ExceptionSink(DynamicSink[Emit]):
-    """Upserts SyncException records into sync.exceptions: one row per problem, occurrences counted once."""
+class UpsertSink(DynamicSink[Emit]):
+    """Writes each batch of records with one statement (`sql`, a fenced or idempotent upsert).
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    The batch is committed before it is acknowledged, so before the next snapshot: a crash
+    re-delivers it, and the fence makes that harmless. `login` opens the connection (the ops
+    database by default).
+    """
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ExceptionPartition:
-        return _ExceptionPartition(connect(self.settings))
+    def __init__(self, settings: Settings, sql: str, to_row: Callable[[dict[str, Any]], Any], *,
+                 login: Callable[[Settings], psycopg.Connection[Any]] = connect, sink: str = "ops_db") -> None:
+        self.settings, self.sql, self.to_row, self.login, self.sink = settings, sql, to_row, login, sink
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _UpsertPartition:
+        return _UpsertPartition(self, self.login(self.settings))
 
 
-class _ExceptionPartition(StatelessSinkPartition[Emit]):
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        self.conn = conn
+class _UpsertPartition(StatelessSinkPartition[Emit]):
+    def __init__(self, sink: UpsertSink, conn: psycopg.Connection[Any]) -> None:
+        self.sink, self.conn = sink, conn
 
     def write_batch(self, items: list[Emit]) -> None:
         with self.conn.cursor() as cur:
-            cur.executemany(_UPSERT_EXCEPTION, [exception_row(e.value) for e in items])
+            cur.executemany(self.sink.sql, [self.sink.to_row(e.value) for e in items])
         self.conn.commit()
-        _latency("ops_db", items)
+        _latency(self.sink.sink, items)
 
     def close(self) -> None:
         self.conn.close()
+
+
+def AvailabilitySink(settings: Settings) -> UpsertSink:  # noqa: N802  (reads as the sink it makes)
+    """Availability records into sync.availability, fenced by source position per system."""
+    return UpsertSink(settings, _UPSERT_AVAILABILITY, availability_row)
+
+
+def OrderStatusSink(settings: Settings) -> UpsertSink:  # noqa: N802
+    """OrderStatus records into sync.order_status, fenced by the status version."""
+    return UpsertSink(settings, _UPSERT_ORDER_STATUS, order_status_row)
+
+
+def ExceptionSink(settings: Settings) -> UpsertSink:  # noqa: N802
+    """SyncException records into sync.exceptions: one row per problem, occurrences counted once."""
+    return UpsertSink(settings, _UPSERT_EXCEPTION, exception_row)
+
+
+def order_status_row(value: dict[str, Any]) -> dict[str, Any]:
+    return {**value, "lines": Jsonb(value["lines"])}
 
 
 def _latency(sink: str, items: list[Emit]) -> None:
