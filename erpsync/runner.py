@@ -27,7 +27,7 @@ from erpsync.connectors.metrics import IgnoredCounter
 from erpsync.connectors.ops_db import AvailabilitySink, ExceptionSink, OrderStatusSink
 from erpsync.connectors.redis import AtsSink
 from erpsync.flows.canonicalize import make_canonicalizer
-from erpsync.flows.orders import COMMERCE_ORDERS_TOPIC
+from erpsync.flows.orders import COMMERCE_ORDERS_TOPIC, VALIDATION_TOPICS
 from erpsync.flows.pipeline import Sinks, Sources, build_flow, replay_sinks
 from erpsync.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, EXCEPTIONS_TOPIC, DeadLetter, Emit, RawRecord
 from erpsync.schemas.registry import SchemaRegistry, make_value_serializer
@@ -125,8 +125,12 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
         order_status=lambda step_id, s: op.output(step_id, s, OrderStatusSink(settings)),
         exceptions=lambda step_id, s: op.output(step_id, s, ExceptionSink(settings)),
     )
+    # The tables intake validation reads: at a fresh start, intake waits for each (flows.orders).
+    validation = [topic for topic, m in canonicalizer.mappings.by_topic.items()
+                  if canonicalizer.entities[m.entity].topic in VALIDATION_TOPICS]
+    streams = kafka.partitions(settings, validation)
     flow = build_flow(registry, channels, sources=Sources(raw), sinks=sinks, slas=settings.flows.slas(),
-                      mappings_dir=settings.flows.mappings_dir)
+                      mappings_dir=settings.flows.mappings_dir, streams=streams)
     recovery = settings.recovery_dir
     if not recovery.exists():
         recovery.mkdir(parents=True)

@@ -164,3 +164,11 @@ def captured_topics(settings: Settings, mapped: Iterable[str]) -> list[str]:
     prefixes = {t.rsplit(".", 1)[0] + "." for t in mapped}
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
     return sorted(t for t in admin.list_topics(timeout=10).topics if any(t.startswith(p) for p in prefixes))
+
+
+def partitions(settings: Settings, topics: Iterable[str]) -> list[str]:
+    """"<topic>#<partition>" of every partition of the topics that exist."""
+    wanted = set(topics)
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    meta = admin.list_topics(timeout=10).topics
+    return sorted(f"{t}#{p}" for t in wanted if t in meta for p in meta[t].partitions)

@@ -30,9 +30,11 @@ from erpsync.flows.common import Ticker, reduce
 from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
 from erpsync.state import Tick
 from erpsync.state.ats import (
+    ALLOCATION_TOPIC,
     INVENTORY_TOPIC,
     ITEM_TOPIC,
     ORDER_INTAKE_TOPIC,
+    ORDER_LINE_TOPIC,
     ORDER_TOPIC,
     Commitment,
     Reservation,
@@ -53,6 +55,10 @@ from erpsync.state.sla import Deadline, Deadlines, DeadlineState, Slas
 
 COMMERCE_ORDERS_TOPIC = "commerce.orders"
 _DESK_FACTS = frozenset({CUSTOMER_TOPIC, ITEM_TOPIC, PRICE_TOPIC, ORDER_TOPIC, ORDER_INTAKE_TOPIC})
+# What validation reads (directly, or through the network and commitments): an order waits for the
+# event time of these tables only. Not the ERP intake table, which echoes the desk's own output.
+VALIDATION_TOPICS = frozenset({CUSTOMER_TOPIC, ITEM_TOPIC, PRICE_TOPIC, INVENTORY_TOPIC, ORDER_TOPIC,
+                               ORDER_LINE_TOPIC, ALLOCATION_TOPIC})
 
 
 def sla_clock(deadlines: Stream[Deadline], ticks: Stream[Tick]) -> Stream[Emit]:
@@ -93,13 +99,16 @@ class _DeskLogic(StatefulBatchLogic[DeskInput, DeskOutput, DeskState]):
     no wall clock; the desk judges quietness in event time there.
     """
 
-    def __init__(self, desk: IntakeDesk, resume: DeskState | None, live: bool, hold_ms: int) -> None:
+    def __init__(self, desk: IntakeDesk, resume: DeskState | None, live: bool, hold_ms: int,
+                 streams: Sequence[str]) -> None:
         self.desk = desk
         self.state = resume or DeskState()
         self.live = live
         self.hold = timedelta(milliseconds=hold_ms)
+        for stream in streams:  # inputs not heard from yet are waited for too, until they prove quiet
+            self.state.watermarks.setdefault(stream, -1)
         now = datetime.now(UTC)
-        self.last_tick = {stream: now for stream in self.state.watermarks}  # a restart is not quiet
+        self.last_tick = {stream: now for stream in self.state.watermarks}  # a (re)start is not quiet
         self.wake: datetime | None = None
         self._arm()
 
@@ -119,13 +128,16 @@ class _DeskLogic(StatefulBatchLogic[DeskInput, DeskOutput, DeskState]):
             out.extend(outs)
             if isinstance(value, Tick) and value.stream:
                 self.last_tick[value.stream] = now
+        if self.live and self.state.waiting:  # streams idle for a while already need not be waited for
+            out.extend(self.desk.release(self.state, self._quiet(now)))
         self._arm()
         return out, StatefulBatchLogic.RETAIN
 
+    def _quiet(self, now: datetime) -> frozenset[str]:
+        return frozenset(s for s in self.state.watermarks if now - self.last_tick.get(s, now) >= self.hold)
+
     def on_notify(self) -> tuple[Iterable[DeskOutput], bool]:
-        now = datetime.now(UTC)
-        quiet = frozenset(s for s in self.state.watermarks if now - self.last_tick.get(s, now) >= self.hold)
-        out = self.desk.release(self.state, quiet)
+        out = self.desk.release(self.state, self._quiet(datetime.now(UTC)))
         self._arm()
         return out, StatefulBatchLogic.RETAIN
 
@@ -140,11 +152,13 @@ class _DeskLogic(StatefulBatchLogic[DeskInput, DeskOutput, DeskState]):
 
 
 def orders(canonical: Stream[Emit], commitments: Stream[Commitment], channel_orders: Stream[RawRecord],
-           channels: Sequence[Channel], slas: Slas, *, live: bool = True, hold_ms: int = 1000) -> OrdersOut:
+           channels: Sequence[Channel], slas: Slas, *, live: bool = True, hold_ms: int = 1000,
+           streams: Sequence[str] = ()) -> OrdersOut:
     """The orders dataflow; `commitments` come from the availability flow's order lines step.
 
     live=False (replay): orders held for source time are decided at the end of input, not by a
-    wall-clock timer (see ``_DeskLogic``).
+    wall-clock timer (see ``_DeskLogic``). `streams` ("<raw topic>#<partition>") are the inputs a
+    live pipeline reads: at a fresh start, orders wait for them before any has delivered a record.
     """
     network = SkuNetwork(channels)
     sku_facts = op.filter("orders_sku_facts", canonical, lambda e: e.topic in (INVENTORY_TOPIC, ITEM_TOPIC))
@@ -153,11 +167,13 @@ def orders(canonical: Stream[Emit], commitments: Stream[Commitment], channel_ord
 
     desk = IntakeDesk(channels, tick_ms=100, quiet_ms=None if live else hold_ms)
     ticks = op.filter_map("orders_ticks", canonical, Ticker(desk.tick_ms))  # event time, 100 ms resolution
+    validation_facts = op.filter("orders_validation_facts", canonical, lambda e: e.topic in VALIDATION_TOPICS)
+    desk_ticks = op.filter_map("orders_desk_ticks", validation_facts, Ticker(desk.tick_ms))
     desk_facts = op.filter("orders_desk_facts", canonical, lambda e: e.topic in _DESK_FACTS)
-    desk_in: Stream[DeskInput] = op.merge("orders_desk_in", channel_orders, desk_facts, changes, ticks)
+    desk_in: Stream[DeskInput] = op.merge("orders_desk_in", channel_orders, desk_facts, changes, desk_ticks)
     desk_out: Stream[Any] = op.key_rm("orders_intake_unkey", op.stateful_batch(
         "orders_intake", op.key_on("orders_one_desk", desk_in, lambda _: "intake"),
-        lambda resume: _DeskLogic(desk, resume, live, hold_ms)))
+        lambda resume: _DeskLogic(desk, resume, live, hold_ms, streams)))
     is_reservation = op.branch("orders_is_reservation", desk_out, lambda o: isinstance(o, Reservation))
     is_decision = op.branch("orders_is_decision", is_reservation.falses, lambda o: isinstance(o, IntakeDecision))
     is_emit = op.branch("orders_is_emit", is_decision.falses, lambda o: isinstance(o, Emit))

@@ -60,8 +60,12 @@ def replay_sinks(collect: Callable[[str, Stream[object]], None]) -> Sinks:
 
 
 def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources: Sources, sinks: Sinks,
-               slas: Slas | None = None, live: bool = True, mappings_dir: Path | None = None) -> Dataflow:
-    """live=False for replay: event time only, no wall-clock timers (see flows.availability)."""
+               slas: Slas | None = None, live: bool = True, mappings_dir: Path | None = None,
+               streams: Sequence[str] = ()) -> Dataflow:
+    """live=False for replay: event time only, no wall-clock timers (see flows.availability).
+
+    streams: the raw topic partitions a live pipeline reads ("<topic>#<partition>", see flows.orders).
+    """
     flow = Dataflow("erpsync")
     raw, unreadable = sources.raw(flow)
     _count("input", "in", raw)
@@ -71,7 +75,8 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
     _count("orders", "in", channel_orders.trues)
     canon = canonicalize(channel_orders.falses, make_canonicalizer(registry, mappings_dir))
     committed = commitments(canon.emits)
-    governed = orders(canon.emits, committed, channel_orders.trues, channels, slas or Slas(), live=live)
+    governed = orders(canon.emits, committed, channel_orders.trues, channels, slas or Slas(), live=live,
+                      streams=streams)
     slas = slas or Slas()
     ledger_out = availability(canon.emits, committed, governed.reservations, channels, live=live,
                               unknown_sku_ms=slas.unknown_sku_ms)

@@ -285,8 +285,12 @@ class DeskState:
 class IntakeDesk:
     """Reducer for intake governance, under one key (see the module doc)."""
 
-    def __init__(self, channels: Sequence[Channel], tick_ms: int = 100, quiet_ms: int | None = None) -> None:
+    def __init__(self, channels: Sequence[Channel], tick_ms: int = 100, quiet_ms: int | None = None,
+                 tolerance_ms: int = 1000) -> None:
         self.tick_ms = tick_ms  # resolution of the ticks the flow sends
+        # How far a source's event time may trail an order's and still count as reached: MariaDB's
+        # binlog stamps changes in whole seconds, and clocks differ a little between systems.
+        self.tolerance_ms = tolerance_ms
         self.quiet_ms = quiet_ms  # replay: a stream is quiet once another is this far past the order
         self.channels = {c.id: c for c in channels}
         self.index = {c.id: i for i, c in enumerate(channels)}
@@ -331,7 +335,7 @@ class IntakeDesk:
 
     def _due(self, st: DeskState, raw: RawRecord, quiet: frozenset[str] = frozenset()) -> bool:
         """Whether every input stream's event time has reached the order's time (within the tick resolution)."""
-        slot = raw.timestamp_ms - raw.timestamp_ms % self.tick_ms
+        slot = raw.timestamp_ms - raw.timestamp_ms % self.tick_ms - self.tolerance_ms
         newest = max(st.watermarks.values(), default=-1)
         replay_quiet = self.quiet_ms is not None and newest >= slot + self.quiet_ms
         return all(ms >= slot or stream in quiet or replay_quiet for stream, ms in st.watermarks.items())

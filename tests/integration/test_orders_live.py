@@ -24,7 +24,7 @@ from erpsync.flows.orders import COMMERCE_ORDERS_TOPIC
 from erpsync.runner import replay
 from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
 from erpsync.settings import Settings
-from erpsync.simulate import Workload
+from erpsync.simulate import Scenario, Workload
 from erpsync.state.sla import Slas
 
 from .conftest import Pipeline, read_to_end
@@ -166,19 +166,23 @@ def test_a_reservation_lowers_ats_at_once_and_is_released_when_the_erp_order_app
         orders_pipeline: Pipeline, settings: Settings, registry: SchemaRegistry, store: redis.Redis) -> None:
     since_ms = int(time.time() * 1000) - 1000
     tag = f"R{int(time.time()) % 100000:05d}"
-    with Workload(settings, seed=5, tag=tag, fault_rate=0.0, downstream_fault_rate=0.0, return_rate=0.0) as work:
+    knobs: dict[str, Any] = {"fault_rate": 0.0, "downstream_fault_rate": 0.0, "return_rate": 0.0}
+    [ahead] = Scenario(5, tag, **knobs).plan_orders(1)  # the same seed plans the same first order
+    channel, line = ahead.doc["channel"], ahead.doc["lines"][0]
+    sku, qty = line["sku"], sum(x["qty"] for x in ahead.doc["lines"] if x["sku"] == line["sku"])
+    topic = f"availability.{channel}"
+
+    def latest() -> dict[str, Any] | None:
+        found = [v for _, k, v in decode_all(settings, registry, [topic], since_ms) if k == sku]
+        return found[-1] if found else None
+
+    with Workload(settings, seed=5, tag=tag, **knobs) as work:
         work.seed()
         assert work.wait_ready(240)
+        before = wait_until(lambda: (v := latest()) and v["on_hand"] > 0 and v, 60,
+                            "the seeded SKU's availability")
         [plan] = work.orders(1)
-        channel, line = plan.doc["channel"], plan.doc["lines"][0]
-        sku, qty = line["sku"], sum(x["qty"] for x in plan.doc["lines"] if x["sku"] == line["sku"])
-        topic = f"availability.{channel}"
-
-        def latest() -> dict[str, Any] | None:
-            found = [v for _, k, v in decode_all(settings, registry, [topic], since_ms) if k == sku]
-            return found[-1] if found else None
-
-        before = wait_until(latest, 60, "the seeded SKU's availability")
+        assert (plan.doc["channel"], plan.doc["lines"][0]["sku"]) == (channel, sku)
         reserved = wait_until(lambda: (v := latest()) and v["intake_reserved"] == qty and v, 30,
                               "the intake reservation in the published availability")
         assert reserved["committed_open"] == before["committed_open"]

@@ -59,8 +59,8 @@ def ticks(ms: int) -> list[Tick]:
     return [Tick(ms, "erp"), Tick(ms, "wms")]
 
 
-def run_desk(events: list[Any], state: DeskState | None = None) -> tuple[DeskState, list[Any]]:
-    desk = IntakeDesk(CHANNELS)
+def run_desk(events: list[Any], state: DeskState | None = None, tolerance_ms: int = 0) -> tuple[DeskState, list[Any]]:
+    desk = IntakeDesk(CHANNELS, tolerance_ms=tolerance_ms)
     out: list[Any] = []
     for e in events:
         state, o = desk.apply(state, e)
@@ -130,15 +130,24 @@ def test_an_order_ahead_of_the_sources_waits_for_them() -> None:
     # a quiet WMS: live, the flow names it quiet after a wall-clock wait; at the end of input all go
     state, out = run_desk([Tick(T0 + 60_000, "erp"), channel_order("MP-2", qty=1, ms=T0 + 60_000)], state)
     assert out == []
-    desk = IntakeDesk(CHANNELS)
+    desk = IntakeDesk(CHANNELS, tolerance_ms=0)
     assert desk.release(state, frozenset({"erp"})) == [] and len(state.waiting) == 1
     assert [d.reasons for d in of(IntakeDecision, desk.release(state, frozenset({"wms"})))] == [()]
     assert state.waiting == []
     # replay judges quietness in event time: another system quiet_ms past the order
     state, _ = run_desk([channel_order("MP-3", qty=1, ms=T0 + 61_000)], state)
-    replay_desk = IntakeDesk(CHANNELS, quiet_ms=1000)
+    replay_desk = IntakeDesk(CHANNELS, quiet_ms=1000, tolerance_ms=0)
     assert replay_desk.apply(state, Tick(T0 + 61_500, "erp"))[1] == []
     assert [type(o).__name__ for o in replay_desk.apply(state, Tick(T0 + 62_000, "erp"))[1]][:1] == ["IntakeDecision"]
+
+
+def test_a_source_within_the_tolerance_counts_as_reached() -> None:
+    # MariaDB stamps binlog events in whole seconds: a WMS at T0 + 4 s has reached an order at T0 + 4.9 s
+    state, out = run_desk([*catalog_events(), *ticks(T0 + 4000), channel_order("MP-1", ms=T0 + 4900)],
+                          tolerance_ms=1000)
+    assert [d.reasons for d in of(IntakeDecision, out)] == [()]
+    state, out = run_desk([channel_order("MP-2", ms=T0 + 5100)], state, tolerance_ms=1000)
+    assert out == []  # beyond it: waits
 
 
 def test_unknown_channel_goes_to_the_dlq() -> None:
