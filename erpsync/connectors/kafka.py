@@ -43,11 +43,11 @@ def _to_raw(msg: KafkaSourceMessage[bytes | None, bytes | None]) -> RawRecord:
     ts = msg.timestamp[1] if msg.timestamp and msg.timestamp[0] else 0  # type 0: not available
     telemetry.consumed(msg.topic or "", msg.partition or 0, msg.offset or 0)
     if msg.topic == DLQ_REPLAY_TOPIC:  # a dead letter re-injected: it stands for the original record
-        h = {k: v.decode() for k, v in msg.headers}
         try:
+            h = {k: bytes(v or b"").decode() for k, v in msg.headers}
             return RawRecord(h["topic"], int(h["partition"]), int(h["offset"]), msg.key, msg.value,
                              int(h.get("ts") or ts), replayed=True)
-        except (KeyError, ValueError):
+        except (KeyError, ValueError):  # (UnicodeDecodeError is a ValueError)
             pass  # not one of ours: processed as a record of the replay topic (no mapping -> DLQ)
     return RawRecord(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key, msg.value, ts)
 

@@ -66,11 +66,9 @@ ON CONFLICT (channel, sku) DO UPDATE SET
     pos_wms = excluded.pos_wms, pos_commerce = excluded.pos_commerce, pos_clock = excluded.pos_clock,
     version = excluded.version,
     event_time_ms = excluded.event_time_ms, published_at_ms = excluded.published_at_ms, written_at = now()
+-- the same fence as Redis (connectors.redis): ERP and WMS positions, then the state version
 WHERE a.pos_erp <= excluded.pos_erp AND a.pos_wms <= excluded.pos_wms
-  AND a.pos_commerce <= excluded.pos_commerce AND a.pos_clock <= excluded.pos_clock
-  AND ((a.pos_erp, a.pos_wms, a.pos_commerce, a.pos_clock)
-       <> (excluded.pos_erp, excluded.pos_wms, excluded.pos_commerce, excluded.pos_clock)
-       OR a.version < excluded.version)
+  AND ((a.pos_erp, a.pos_wms) <> (excluded.pos_erp, excluded.pos_wms) OR a.version < excluded.version)
 """
 
 

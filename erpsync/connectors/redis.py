@@ -2,9 +2,11 @@
 
 Each write is one Lua script call, atomic, fenced by source position: the fence is the newest
 position per source system the value reflects plus the SKU state's version, kept beside it in
-``ats-pos:<channel>``. A value is written only if no system's position went backwards and either
-one moved forward or the version grew (inputs at equal positions, e.g. snapshot reads, or read out
-of order across topics), so a replayed or redelivered update can never overwrite a newer one.
+``ats-pos:<channel>``. A value is written only if neither the ERP's nor the WMS's position went
+backwards and either one moved forward or the version grew (inputs at equal positions, e.g.
+snapshot reads, intake reservations, or read out of order across topics), so a replayed or
+redelivered update can never overwrite a newer one. The commerce and clock positions are stored for
+explanation but do not fence: they are not deterministic across a restart.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ if old then
   local old_parts = {}
   for part in string.gmatch(old .. '|', '([^|]*)|') do old_parts[#old_parts + 1] = part end
   local forward = false
-  for i = 1, #new_parts - 1 do
+  -- only the source systems' positions (erp, wms) fence: they are deterministic. The commerce and
+  -- clock parts (the intake desk's sequence, the event second of a TTL release) are informational:
+  -- after a restart they may be assigned in another order, and must not freeze a SKU's value.
+  for i = 1, 2 do
     local before = old_parts[i] or ''
     if new_parts[i] < before then return 0 end
     if new_parts[i] > before then forward = true end

@@ -61,11 +61,53 @@ VALIDATION_TOPICS = frozenset({CUSTOMER_TOPIC, ITEM_TOPIC, PRICE_TOPIC, INVENTOR
                                ORDER_LINE_TOPIC, ALLOCATION_TOPIC})
 
 
-def sla_clock(deadlines: Stream[Deadline], ticks: Stream[Tick]) -> Stream[Emit]:
+class _ClockLogic(StatefulBatchLogic[Deadline | Tick, Emit, DeadlineState]):
+    """The SLA clock, plus the wall-clock test for idle input streams (live; see ``Deadlines``)."""
+
+    def __init__(self, clock: Deadlines, resume: DeadlineState | None, live: bool, hold_ms: int) -> None:
+        self.clock = clock
+        self.state = resume or DeadlineState()
+        self.live = live
+        self.hold = timedelta(milliseconds=hold_ms)
+        now = datetime.now(UTC)
+        self.last_tick = {stream: now for stream in self.state.watermarks}  # a (re)start is not idle
+
+    def _quiet(self, now: datetime) -> frozenset[str]:
+        return frozenset(s for s in self.state.watermarks if now - self.last_tick.get(s, now) >= self.hold)
+
+    def on_batch(self, values: list[Deadline | Tick]) -> tuple[Iterable[Emit], bool]:
+        out: list[Emit] = []
+        now = datetime.now(UTC)
+        for value in values:
+            self.state, outs = self.clock.apply(self.state, value)
+            out.extend(outs)
+            if isinstance(value, Tick):
+                self.last_tick[value.stream] = now
+        if self.live:
+            out.extend(self.clock.advance(self.state, self._quiet(now)))
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[Emit], bool]:
+        return self.clock.advance(self.state, self._quiet(datetime.now(UTC))), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Emit], bool]:
+        return self.clock.advance(self.state, None), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        # live: look again while deadlines are armed (idle streams stop holding the clock back)
+        return datetime.now(UTC) + self.hold if self.live and self.state.armed else None
+
+    def snapshot(self) -> DeadlineState:
+        return self.state.copy()
+
+
+def sla_clock(deadlines: Stream[Deadline], ticks: Stream[Tick], *, live: bool = True,
+              hold_ms: int = 1000) -> Stream[Emit]:
     """The SLA clock: deadlines of every flow against event time -> their exceptions when due."""
-    clock = Deadlines()
+    clock = Deadlines(quiet_ms=None if live else hold_ms)
     sla_in = op.key_on("sla_one_clock", op.merge("sla_in", deadlines, ticks), lambda _: "sla")
-    return reduce("sla", sla_in, clock.apply, lambda st: None if st is None else DeadlineState.copy(st))
+    return op.key_rm("sla_unkey", op.stateful_batch("sla", sla_in, lambda resume: _ClockLogic(clock, resume, live,
+                                                                                               hold_ms)))
 
 
 @dataclass(frozen=True)

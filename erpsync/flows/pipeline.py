@@ -82,7 +82,7 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
                               unknown_sku_ms=slas.unknown_sku_ms)
     ledger_split = op.branch("availability_deadlines", ledger_out, lambda o: isinstance(o, Deadline))
     derived: Stream[Emit] = ledger_split.falses  # type: ignore[assignment]
-    fired = sla_clock(op.merge("all_deadlines", governed.deadlines, ledger_split.trues), governed.ticks)
+    fired = sla_clock(op.merge("all_deadlines", governed.deadlines, ledger_split.trues), governed.ticks, live=live)
     dead_letters = op.merge("dead_letters", unreadable, canon.dead_letters, governed.dead_letters)
     # every dead letter is also an exception (replayable, see erpsync.state.dead_letters)
     dead_letter_exceptions = op.map("dead_letter_exceptions", dead_letters, dead_letter_exception)

@@ -103,8 +103,12 @@ def parse(raw: bytes) -> Order | None:
     lines = doc["lines"]
     if not isinstance(lines, list) or not lines or not all(
             isinstance(line, dict) and isinstance(line.get("sku"), str) and "qty" in line
-            and "unit_price" in line and isinstance(line.get("line_no"), int) for line in lines):
+            and "unit_price" in line and _small_positive_int(line.get("line_no")) for line in lines):
         return None
+    if len({line["line_no"] for line in lines}) != len(lines):
+        return None  # two lines with one number: they could not be told apart (reservations, ERP lines)
+    if _has_nul(doc):
+        return None  # no text column of the ERP, the ops database or PostgreSQL JSON can hold it
     for money in MONEY_FIELDS:
         if money in doc and not _decimal_string(doc[money]):
             return None
@@ -121,6 +125,21 @@ def parse(raw: bytes) -> Order | None:
 
 
 MONEY_FIELDS = ("freight_total", "discount_total", "tax_total")
+MAX_INT = 2**31 - 1  # quantities and line numbers are Avro ints downstream
+
+
+def _small_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_INT
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _decimal_string(value: Any) -> bool:
@@ -174,7 +193,7 @@ def active_skus(order: Order, channel: Channel, catalog: Catalog) -> bool:
 
 def _quantity(line: Mapping[str, Any]) -> int | None:
     qty = line["qty"]
-    return qty if isinstance(qty, int) and not isinstance(qty, bool) and qty > 0 else None
+    return qty if _small_positive_int(qty) else None
 
 
 def valid_quantities(order: Order, channel: Channel, catalog: Catalog) -> bool:
@@ -190,6 +209,8 @@ def prices_match(order: Order, channel: Channel, catalog: Catalog) -> bool:
         try:
             price = Decimal(str(line["unit_price"]))
         except InvalidOperation:
+            return False
+        if not price.is_finite():
             return False
         lines = catalog.prices.get((customer.price_list_id, line["sku"]), ())
         valid = [p for p in lines if p.valid_on(order.placed_on)]
@@ -400,7 +421,7 @@ class IntakeDesk:
         order = None if raw.value is None else parse(raw.value)
         channel_id, ext_id = _ids(order, raw.key)
         channel = self.channels.get(channel_id or "")
-        if channel is None or not ext_id:
+        if channel is None or not ext_id or "\x00" in ext_id:
             why = "not a channel order (unparseable, or no channel and order id)" if order is None \
                 else f"unknown channel {channel_id!r}"
             return [DeadLetter(raw, why, "orders-intake")]

@@ -60,9 +60,16 @@ class OrderFacts:
     credits: dict[int, tuple[str, str | None, Decimal]] = field(default_factory=dict)
     accepted_ms: int = 0  # event time the ERP order first appeared
     last_fact_ms: int = 0
+    applied: int = 0  # facts recorded so far: a count no redelivery or batching changes
 
     def apply(self, event: Emit | IntakeDecision) -> bool:
         """Record a fact; False when it is stale or a duplicate (nothing changed)."""
+        if self._apply(event):
+            self.applied += 1
+            return True
+        return False
+
+    def _apply(self, event: Emit | IntakeDecision) -> bool:
         if isinstance(event, IntakeDecision):
             if self.intake == event:
                 return False
@@ -333,7 +340,7 @@ class OrderRouter:
 class BookState:
     facts: OrderFacts = field(default_factory=OrderFacts)
     shown: dict[str, Any] | None = None  # what the channel was last told (visible part)
-    version: int = 0  # status records published so far: the ops database fences on it
+    version: int = 0  # facts behind the record last published (OrderFacts.applied): the ops database fences on it
     raised: set[str] = field(default_factory=set)  # discrepancy kinds currently raised
     armed: dict[str, Deadline] = field(default_factory=dict)  # deadlines sent to the clock
     mismatch_since: int = 0
@@ -387,7 +394,7 @@ class StatusBook:
         shown = visible(record)
         if shown is not None and shown != st.shown and channel in self.channels:
             st.shown = shown
-            st.version += 1
+            st.version = st.facts.applied  # grows with every fact, whatever the batches
             out.append(Emit(f"order-status.{channel}", ext_id, ORDER_STATUS_SCHEMA,
                             {**(record or {}), "version": st.version}))
         return out

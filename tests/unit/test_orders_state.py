@@ -249,6 +249,18 @@ def exceptions(out: list[Any]) -> list[str]:
     return [e.value["kind"] for e in out if isinstance(e, Emit) and e.topic == "sync.exceptions"]
 
 
+def test_the_published_version_does_not_depend_on_batching() -> None:
+    facts = [IntakeDecision("marketplace", "MP-7", (), T0), header("entered"), order_line(), shipment(), shipped(2)]
+    book = StatusBook({c.id for c in CHANNELS}, Slas())
+    one_by_one, _ = book_run(facts)
+    together = None
+    for f in facts:
+        together, _ = book.apply(together, "marketplace/MP-7", f)
+    assert together is not None
+    last = [e for e in book.flush(together) if isinstance(e, Emit) and e.topic.startswith("order-status.")][-1]
+    assert last.value["version"] == one_by_one.version == 5  # a restart re-batching facts cannot go backwards
+
+
 def test_one_batch_of_facts_makes_one_status_update() -> None:
     book = StatusBook({c.id for c in CHANNELS}, Slas())
     state = None
@@ -264,7 +276,7 @@ def test_status_is_published_only_when_a_channel_visible_field_changes() -> None
     # released changes nothing a channel sees; the line, the carrier and each status do
     assert statuses(out) == ["received", "accepted", "accepted", "accepted", "shipped", "invoiced"]
     versions = [e.value["version"] for e in out if isinstance(e, Emit) and e.topic == "order-status.marketplace"]
-    assert versions == [1, 2, 3, 4, 5, 6]
+    assert versions == [1, 2, 3, 5, 6, 7]  # the facts behind each record ("released" published nothing)
     assert exceptions(out) == []  # a clean order raises nothing
 
 
@@ -366,3 +378,35 @@ def test_unknown_sku_waits_for_the_item_master_before_it_is_raised() -> None:
     _, fired = clock.apply(clock_state, Tick(T0 + 5000, "x"))
     assert [(e.value["kind"], e.value["entity"], e.value["business_key"]) for e in fired] == [
         ("unknown_sku", "item", "GHOST")]
+
+
+def test_hostile_orders_are_rejected_not_crashing() -> None:
+    nan_price = channel_order("MP-N1", price="NaN")
+    huge_qty = channel_order("IS-H1", channel="inside-sales", qty=2**40)  # backorders: no stock check there
+    twin_lines = RawRecord("commerce.orders", 0, 9, b"marketplace:MP-T1", json.dumps({
+        **json.loads(channel_order("MP-T1").value or b"{}"),
+        "lines": [{"line_no": 1, "sku": "SKU-1", "qty": 1, "unit_price": "12.5000"},
+                  {"line_no": 1, "sku": "SKU-1", "qty": 1, "unit_price": "12.5000"}]}).encode(), T0)
+    nul = channel_order("MP-Z1", customer="C-\x001")
+    nul_key = RawRecord("commerce.orders", 0, 11, b"marketplace:MP-\x00", b"{}", T0)
+    _, out = run_desk([*catalog_events(), nan_price, huge_qty, twin_lines, nul, nul_key])
+    assert [(d.external_order_id, d.reasons) for d in of(IntakeDecision, out)] == [
+        ("MP-N1", ("price_mismatch",)), ("IS-H1", ("invalid_quantity",)), ("MP-T1", ("malformed",)),
+        ("MP-Z1", ("malformed",))]
+    assert [d.raw.offset for d in of(DeadLetter, out)] == [11]  # an order id with NUL cannot be stored
+    assert not [e for e in of(Emit, out) if e.topic == "erp.order-intake"]
+
+
+def test_the_sla_clock_waits_for_the_slowest_stream_unless_it_is_idle() -> None:
+    clock = Deadlines()
+    state, _ = clock.apply(None, Tick(T0, "wms.wms.allocations#0"))
+    state, _ = clock.apply(state, Deadline("allocation_sla_breach", "b2b-portal/X", T0 + 1000, "late"))
+    # the ERP is 5 hours ahead (the WMS topic lags): not yet due, the allocation may still be unread
+    state, out = clock.apply(state, Tick(T0 + 5 * 3600_000, "erp.erp.sales_orders#0"))
+    assert out == [] and state.now_ms == T0
+    state, _ = clock.apply(state, Deadline("allocation_sla_breach", "b2b-portal/X", None))  # allocated: disarmed
+    # an idle WMS (named quiet by the flow) no longer holds the clock back
+    state, _ = clock.apply(state, Deadline("allocation_sla_breach", "b2b-portal/Y", T0 + 2000, "late"))
+    assert state.now_ms == T0
+    fired = clock.advance(state, frozenset({"wms.wms.allocations#0"}))
+    assert [e.value["business_key"] for e in fired] == ["b2b-portal/Y"] and state.now_ms == T0 + 5 * 3600_000
