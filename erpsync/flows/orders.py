@@ -42,9 +42,11 @@ from erpsync.state.ats import (
 )
 from erpsync.state.intake import CUSTOMER_TOPIC, PRICE_TOPIC, DeskInput, DeskOutput, DeskState, IntakeDesk
 from erpsync.state.order_status import (
+    KEYED_FACT_TOPICS,
     ORDER_FACT_TOPICS,
     SHIPMENT_TOPICS,
     BookState,
+    IdRouter,
     IntakeDecision,
     OrderRouter,
     RouteState,
@@ -226,10 +228,17 @@ def orders(canonical: Stream[Emit], commitments: Stream[Commitment], channel_ord
     stamped = reduce("orders_route_shipments",
                      op.key_on("orders_by_shipment", shipment_facts, lambda e: str(e.value["shipment_id"])),
                      shipments.apply, _copy_route)
+    keyed_facts = op.filter("orders_keyed_facts", canonical, lambda e: e.topic in KEYED_FACT_TOPICS)
+    ids = IdRouter()
+    with_order = reduce("orders_route_ids", op.key_on(
+        "orders_by_row_id", keyed_facts, lambda e: f"{e.topic}|{e.value[KEYED_FACT_TOPICS[e.topic]]}"),
+        ids.apply, _copy_route)
     order_facts = op.filter("orders_order_facts", canonical, lambda e: e.topic in ORDER_FACT_TOPICS)
     router = OrderRouter()
-    routed = reduce("orders_route", op.key_on("orders_by_order_id", op.merge("orders_facts", order_facts, stamped),
-                                              lambda e: str(e.value["order_id"])), router.apply, _copy_route)
+    facts = op.filter("orders_facts_with_order", op.merge("orders_facts", order_facts, stamped, with_order),
+                      lambda e: e.value.get("order_id") is not None)  # (a key-only delete of an unknown row)
+    routed = reduce("orders_route", op.key_on("orders_by_order_id", facts, lambda e: str(e.value["order_id"])),
+                    router.apply, _copy_route)
     decisions = op.map("orders_decision_key", is_decision.trues,
                        lambda d: (f"{d.channel}/{d.external_order_id}", d))
     book = StatusBook({c.id for c in channels}, slas)

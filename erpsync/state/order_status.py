@@ -50,7 +50,8 @@ class OrderFacts:
     # shipment id -> (pos, carrier, tracking no, status)
     shipments: dict[int, tuple[str, str, str | None, str]] = field(default_factory=dict)
     shipment_lines: dict[tuple[int, int], tuple[str, int]] = field(default_factory=dict)  # pos, qty
-    invoices: dict[int, tuple[str, Decimal, Decimal]] = field(default_factory=dict)  # pos, total, freight
+    # invoice id -> (pos, total, freight, posted); a deleted (voided) invoice stays as a fence, not posted
+    invoices: dict[int, tuple[str, Decimal, Decimal, bool]] = field(default_factory=dict)
     # what the checks compare: order totals (order total, freight), line prices, shipment freight,
     # returns (rma -> pos, line, qty, received ms) and credit memos (id -> pos, rma, amount)
     totals: tuple[Decimal, Decimal] | None = None
@@ -60,12 +61,15 @@ class OrderFacts:
     credits: dict[int, tuple[str, str | None, Decimal]] = field(default_factory=dict)
     accepted_ms: int = 0  # event time the ERP order first appeared
     last_fact_ms: int = 0
+    newest_ms: int = 0  # newest event time over every fact, returns and credit memos included
     applied: int = 0  # facts recorded so far: a count no redelivery or batching changes
 
     def apply(self, event: Emit | IntakeDecision) -> bool:
         """Record a fact; False when it is stale or a duplicate (nothing changed)."""
         if self._apply(event):
             self.applied += 1
+            self.newest_ms = max(self.newest_ms, self.last_fact_ms, event.event_ms if isinstance(
+                event, IntakeDecision) else int(event.value["source"]["commit_ts_ms"]))
             return True
         return False
 
@@ -113,19 +117,16 @@ class OrderFacts:
                 return False
             self.shipment_lines[key] = (position, 0 if deleted else v["qty"])
         elif topic == "canonical.invoice":
-            old = self.invoices.get(v["invoice_id"])
-            if old is not None and position <= old[0]:
+            if not newer(self.invoices.get(v["invoice_id"]), position):
                 return False
-            if deleted:
-                self.invoices.pop(v["invoice_id"], None)
-            else:
-                self.invoices[v["invoice_id"]] = (position, Decimal(v.get("invoice_total") or 0),
-                                                  Decimal(v.get("freight_total") or 0))
+            self.invoices[v["invoice_id"]] = (position, Decimal(0), Decimal(0), False) if deleted else (
+                position, Decimal(v.get("invoice_total") or 0), Decimal(v.get("freight_total") or 0), True)
         elif topic == "canonical.return":
             if not newer(self.returns.get(v["rma_id"]), position):
                 return False
+            received = v.get("received_at")  # timestamp-micros; None while the return is not received yet
             self.returns[v["rma_id"]] = (position, -1, 0, 0) if deleted else (
-                position, v["line_no"], v["qty"], int(src["commit_ts_ms"]))
+                position, v["line_no"], v["qty"], 0 if received is None else int(received) // 1000)
         elif topic == "canonical.credit-memo":
             if not newer(self.credits.get(v["credit_memo_id"]), position):
                 return False
@@ -161,7 +162,7 @@ def derive(facts: OrderFacts, channel: str, external_order_id: str) -> dict[str,
             status = "cancelled"
         elif erp_status == "closed":
             status = "closed"
-        elif facts.invoices:
+        elif any(i[3] for i in facts.invoices.values()):
             status = "invoiced"
         elif covered and all(shipped.get(n, 0) >= qty for n, (_, _, qty, _) in lines.items()):
             status = "shipped"
@@ -219,12 +220,13 @@ def shipped_by_line(facts: OrderFacts) -> dict[int, int]:
 def checks(facts: OrderFacts) -> dict[str, tuple[str, dict[str, Any]]]:
     """Discrepancies true now: kind -> (reason, detail). Compared only when both sides are known."""
     found: dict[str, tuple[str, dict[str, Any]]] = {}
-    if facts.invoices and facts.totals is not None:
-        invoiced = sum((i[1] for i in facts.invoices.values()), Decimal(0))
+    posted = [i for i in facts.invoices.values() if i[3]]
+    if posted and facts.totals is not None:
+        invoiced = sum((i[1] for i in posted), Decimal(0))
         if invoiced != facts.totals[0]:
             found["invoice_discrepancy"] = (f"invoiced {invoiced} but the order total is {facts.totals[0]}",
                                             {"invoice_total": str(invoiced), "order_total": str(facts.totals[0])})
-        billed = sum((i[2] for i in facts.invoices.values()), Decimal(0))
+        billed = sum((i[2] for i in posted), Decimal(0))
         live = [sid for sid, s in facts.shipments.items() if s[3] != "deleted"]
         shipped_freight = sum((facts.freight.get(sid, Decimal(0)) for sid in live), Decimal(0))
         if live and billed != shipped_freight:
@@ -257,7 +259,7 @@ def deadlines(facts: OrderFacts, status: str | None, slas: Slas) -> dict[str, De
             f"not allocated within {slas.allocation_ms} ms of entering the ERP")
     credited = {c[1] for c in facts.credits.values() if c[1]}
     for rma, (_, line_no, _, received_ms) in facts.returns.items():
-        if line_no >= 0 and rma not in credited:
+        if line_no >= 0 and received_ms and rma not in credited:  # (the SLA starts when it is received)
             armed[f"credit_pending/{rma}"] = Deadline(
                 "credit_pending", "", received_ms + slas.credit_ms,
                 f"return {rma} received, no credit memo within {slas.credit_ms} ms", (("rma_id", rma),))
@@ -289,7 +291,8 @@ def _mismatch(facts: OrderFacts, status: str | None) -> str:
 # ----------------------------------------------------------------------------- routing facts to orders
 
 ORDER_FACT_TOPICS = frozenset({"canonical.order", "canonical.order-line", "canonical.allocation",
-                               "canonical.invoice", "canonical.return", "canonical.credit-memo"})
+                               "canonical.return"})
+KEYED_FACT_TOPICS = {"canonical.invoice": "invoice_id", "canonical.credit-memo": "credit_memo_id"}  # via IdRouter
 SHIPMENT_TOPICS = frozenset({"canonical.shipment", "canonical.shipment-line"})
 
 
@@ -316,6 +319,24 @@ class ShipmentRouter:
         order_id = int(st.target)
         return st, [e if e.value.get("order_id") == order_id else
                     Emit(e.topic, e.key, e.schema, {**e.value, "order_id": order_id}) for e in ready]
+
+
+class IdRouter:
+    """Keyed by "<topic>|<row id>": remembers a row's order id from its upserts and stamps its deletes.
+
+    A PostgreSQL delete carries only the key (an invoice or credit memo id), not the order it
+    belonged to; without this, a voided invoice would never reach its order.
+    """
+
+    def apply(self, state: RouteState | None, event: Emit) -> tuple[RouteState, list[Emit]]:
+        st = state or RouteState()
+        order_id = event.value.get("order_id")
+        if order_id is not None:
+            st.target = str(order_id)
+            return st, [event]
+        if st.target is None:
+            return st, []  # the delete of a row never seen: no order to tell
+        return st, [Emit(event.topic, event.key, event.schema, {**event.value, "order_id": int(st.target)})]
 
 
 class OrderRouter:
@@ -384,7 +405,7 @@ class StatusBook:
         channel, _, ext_id = key.partition("/")
         record = derive(st.facts, channel, ext_id)
         out: list[Emit | Deadline] = []
-        now = st.facts.last_fact_ms
+        now = st.facts.newest_ms  # (exceptions: a credit problem's time is the credit facts' too)
         found = checks(st.facts)
         for kind, (reason, detail) in sorted(found.items()):
             if kind not in st.raised:

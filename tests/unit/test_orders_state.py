@@ -313,7 +313,8 @@ def test_sla_deadlines_arm_and_disarm_with_the_facts() -> None:
     assert deadlines(out) == [("status_mismatch", T0 + 20 + 500)]
     state, out = book_run([shipment(), shipped(2)], slas, state)
     assert deadlines(out) == [("status_mismatch", None)]
-    ret = fact("canonical.return", {"order_id": 7, "rma_id": "R1", "line_no": 1, "qty": 1}, system="wms", ms=T0 + 30)
+    ret = fact("canonical.return", {"order_id": 7, "rma_id": "R1", "line_no": 1, "qty": 1,
+                                    "received_at": (T0 + 30) * 1000}, system="wms", ms=T0 + 31)
     state, out = book_run([ret], slas, state)
     assert deadlines(out) == [("credit_pending", T0 + 30 + 2000)]
     memo = fact("canonical.credit-memo", {"order_id": 7, "credit_memo_id": 4, "rma_id": "R1", "amount": "12.50"})
@@ -410,3 +411,23 @@ def test_the_sla_clock_waits_for_the_slowest_stream_unless_it_is_idle() -> None:
     assert state.now_ms == T0
     fired = clock.advance(state, frozenset({"wms.wms.allocations#0"}))
     assert [e.value["business_key"] for e in fired] == ["b2b-portal/Y"] and state.now_ms == T0 + 5 * 3600_000
+
+
+def test_a_voided_invoice_reaches_its_order_and_stays_a_fence() -> None:
+    from erpsync.state.order_status import IdRouter  # noqa: PLC0415
+
+    router, state = IdRouter(), None
+    posted = invoice()
+    state, out = router.apply(state, posted)
+    assert out == [posted]
+    voided = Emit("canonical.invoice", "k", "x", {"invoice_id": 9, "order_id": None, "op": "delete", "source": {
+        "system": "erp", "position": "ffffffffffffffff/ffffffffffffffff", "commit_ts_ms": T0 + 9}})
+    state, out = router.apply(state, voided)  # a key-only delete: stamped with the order it belonged to
+    assert [e.value["order_id"] for e in out] == [7]
+    book_state, published = book_run([header("shipped"), order_line(2), shipment(), shipped(2), posted])
+    assert statuses(published)[-1] == "invoiced"
+    book_state, published = book_run(out, state=book_state)
+    assert statuses(published) == ["shipped"]  # voided: back to shipped
+    _, published = book_run([posted], state=book_state)
+    assert published == []  # the stale upsert cannot bring it back
+    assert IdRouter().apply(None, voided)[1] == []  # a delete of a row never seen: nothing to tell
