@@ -327,22 +327,15 @@ class Postgres(Component):
             ).fetchone()
             if not has_schema:
                 conn.execute((REFERENCE_DIR / "erp.postgres.sql").read_text())
-        self._psql_file(
-            DEBEZIUM_DIR / "erp-capture.sql",
-            dbname=self.settings.erp.dbname,
-            variables={
-                "capture_user": self.settings.erp.capture_user,
-                "capture_password": self.settings.erp.capture_password.get_secret_value(),
-            },
-        )
-        self._psql_file(
-            DEBEZIUM_DIR / "erp-intake-writer.sql",
-            dbname=self.settings.erp.dbname,
-            variables={
-                "intake_user": self.settings.erp.intake_user,
-                "intake_password": self.settings.erp.intake_password.get_secret_value(),
-            },
-        )
+        erp = self.settings.erp
+        logins = {  # least-privilege logins: Debezium's capture user, erpsync's intake writer
+            "erp-capture.sql": {"capture_user": erp.capture_user,
+                                "capture_password": erp.capture_password.get_secret_value()},
+            "erp-intake-writer.sql": {"intake_user": erp.intake_user,
+                                      "intake_password": erp.intake_password.get_secret_value()},
+        }
+        for script, variables in logins.items():
+            self._psql_file(DEBEZIUM_DIR / script, dbname=erp.dbname, variables=variables)
 
     def _psql_file(self, path: Path, *, dbname: str, variables: dict[str, str]) -> None:
         # Variables go through stdin (\set), not argv, so passwords never show up in `ps`.
