@@ -67,6 +67,7 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
     streams: the raw topic partitions a live pipeline reads ("<topic>#<partition>", see flows.orders).
     """
     flow = Dataflow("erpsync")
+    slas = slas or Slas()
     raw, unreadable = sources.raw(flow)
     _count("input", "in", raw)
     _count("input", "dlq", unreadable)
@@ -75,9 +76,7 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
     _count("orders", "in", channel_orders.trues)
     canon = canonicalize(channel_orders.falses, make_canonicalizer(registry, mappings_dir))
     committed = commitments(canon.emits)
-    governed = orders(canon.emits, committed, channel_orders.trues, channels, slas or Slas(), live=live,
-                      streams=streams)
-    slas = slas or Slas()
+    governed = orders(canon.emits, committed, channel_orders.trues, channels, slas, live=live, streams=streams)
     ledger_out = availability(canon.emits, committed, governed.reservations, channels, live=live,
                               unknown_sku_ms=slas.unknown_sku_ms)
     ledger_split = op.branch("availability_deadlines", ledger_out, lambda o: isinstance(o, Deadline))

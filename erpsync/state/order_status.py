@@ -263,13 +263,13 @@ def deadlines(facts: OrderFacts, status: str | None, slas: Slas) -> dict[str, De
             armed[f"credit_pending/{rma}"] = Deadline(
                 "credit_pending", "", received_ms + slas.credit_ms,
                 f"return {rma} received, no credit memo within {slas.credit_ms} ms", (("rma_id", rma),))
-    mismatch = _mismatch(facts, status)
+    mismatch = _mismatch(facts)
     if mismatch:
         armed["status_mismatch"] = Deadline("status_mismatch", "", 0, mismatch)
     return armed
 
 
-def _mismatch(facts: OrderFacts, status: str | None) -> str:
+def _mismatch(facts: OrderFacts) -> str:
     """Why the ERP and the WMS disagree about the order, or "" when they agree."""
     if facts.header is None:
         return ""
