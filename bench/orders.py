@@ -129,7 +129,8 @@ def _run(n_orders: int, n_lines: int, n_skus: int, lifecycle: bool) -> tuple[flo
     items = op.input("inp", flow, TestingSource(source, batch_size=1000))
     split = op.branch("is_order", items, lambda x: isinstance(x, RawRecord))
     canonical = split.falses
-    out = orders(canonical, commitments(canonical), split.trues, load_channels(), Slas())  # type: ignore[arg-type]
+    out = orders(canonical, commitments(canonical), split.trues, load_channels(), Slas(),  # type: ignore[arg-type]
+                 live=False)
     fired = sla_clock(out.deadlines, out.ticks, live=False)
     op.output("count", op.merge("all", out.emits, fired, out.reservations, out.dead_letters, out.ignored), Count())
     tune_gc()

@@ -240,17 +240,34 @@ class Reservations:
         if st.now_ms == st.swept_ms:  # TTLs are whole seconds of event time: sweep once per second
             return out
         st.swept_ms = st.now_ms
-        for key, (accepted_ms, _) in sorted(st.pending.items()):
+        # Pending intakes are kept in acceptance order, so per channel the oldest come first: the
+        # sweep stops looking at a channel at its first intake still within the TTL (an intake
+        # accepted out of time order, from another partition, may wait for the one before it).
+        expired, waiting = [], set()
+        for key, (accepted_ms, _) in st.pending.items():
             channel = key.split("/", 1)[0]
             ttl = self.ttl_ms.get(channel)
-            if ttl is not None and accepted_ms + ttl <= st.now_ms:
-                out.extend(self._release(st, key, system, position, st.now_ms))
-                out.append(exception(
-                    "intake_unconfirmed", "warning", "order_intake", key,
-                    f"accepted {st.now_ms - accepted_ms} ms ago, not in the ERP within the {ttl} ms TTL;"
-                    " its reservation is released", {"accepted_at_ms": accepted_ms}, st.now_ms))
+            if ttl is None or channel in waiting:
+                continue
+            if accepted_ms + ttl <= st.now_ms:
+                expired.append((key, accepted_ms, ttl))
+            else:
+                waiting.add(channel)
+                if len(waiting) == len(self.ttl_ms):
+                    break
+        for key, accepted_ms, ttl in sorted(expired):
+            out.extend(self._release(st, key, system, position, st.now_ms))
+            out.append(exception(
+                "intake_unconfirmed", "warning", "order_intake", key,
+                f"accepted {st.now_ms - accepted_ms} ms ago, not in the ERP within the {ttl} ms TTL;"
+                " its reservation is released", {"accepted_at_ms": accepted_ms}, st.now_ms))
         cutoff = st.now_ms - self.keep_settled_ms
-        for key in [k for k, ms in st.settled.items() if ms < cutoff]:
+        old = []
+        for key, ms in st.settled.items():  # settled in time order too: stop at the first to keep
+            if ms >= cutoff:
+                break
+            old.append(key)
+        for key in old:
             del st.settled[key]
         return out
 

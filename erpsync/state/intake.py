@@ -107,7 +107,7 @@ def parse(raw: bytes) -> Order | None:
         return None
     if len({line["line_no"] for line in lines}) != len(lines):
         return None  # two lines with one number: they could not be told apart (reservations, ERP lines)
-    if _has_nul(doc):
+    if b"\\u0000" in raw and _has_nul(doc):  # (JSON carries NUL only escaped: look closer only then)
         return None  # no text column of the ERP, the ops database or PostgreSQL JSON can hold it
     for money in MONEY_FIELDS:
         if money in doc and not _decimal_string(doc[money]):
@@ -345,13 +345,14 @@ class IntakeDesk:
     def release(self, st: DeskState, quiet: frozenset[str] | None = None) -> list[DeskOutput]:
         """Validate the waiting orders that are due, counting `quiet` streams as caught up (None: all)."""
         out: list[DeskOutput] = []
-        still: list[RawRecord] = []
-        for raw in st.waiting:
-            if quiet is None or self._due(st, raw, quiet):
-                out.extend(self._order(st, raw))
-            else:
-                still.append(raw)
-        st.waiting = still
+        decided = 0
+        for raw in st.waiting:  # first come, first decided: stop at the first order still ahead
+            if quiet is not None and not self._due(st, raw, quiet):
+                break
+            out.extend(self._order(st, raw))
+            decided += 1
+        if decided:
+            del st.waiting[:decided]
         return out
 
     def _due(self, st: DeskState, raw: RawRecord, quiet: frozenset[str] = frozenset()) -> bool:
