@@ -64,7 +64,7 @@ def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int
         streams.append(stream)
 
     flow = build_flow(registry, load_channels(), sources=Sources(raw), sinks=replay_sinks(collect),
-                      slas=slas, live=False, mappings_dir=mappings_dir)
+                      slas=slas, live=False, canonicalizer=make_canonicalizer(registry, mappings_dir))
     merged: Stream[object] = op.merge("replay_all", *streams)
     op.output("replay_output", op.key_on("replay_one_writer", merged, lambda _: "out"), sink)  # type: ignore[misc]
     tune_gc()
@@ -98,8 +98,10 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
                         {"cleanup.policy": "compact"})
     # Every captured table of a mapped source, mapped or not: a table captured without a mapping
     # shows up as dead letters ("no mapping for source table ..."), replayable once it has one.
+    existing = kafka.topic_partitions(settings)
+    prefixes = tuple({t.rsplit(".", 1)[0] + "." for t in canonicalizer.mappings.topics})  # "erp.erp.", "wms.wms."
     topics = sorted({*mapped, *heartbeats, COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC,
-                     *kafka.captured_topics(settings, canonicalizer.mappings.topics)})
+                     *(t for t in existing if t.startswith(prefixes))})
     ops_db.migrate(settings)
     telemetry.setup(settings)
     serialize = channel_serializer(channels, make_value_serializer(registry, settings.kafka.schema_registry_url))
@@ -128,9 +130,9 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     # The tables intake validation reads: at a fresh start, intake waits for each (flows.orders).
     validation = [topic for topic, m in canonicalizer.mappings.by_topic.items()
                   if canonicalizer.entities[m.entity].topic in VALIDATION_TOPICS]
-    streams = kafka.partitions(settings, validation)
+    streams = [f"{t}#{p}" for t in sorted(validation) for p in existing.get(t, [])]
     flow = build_flow(registry, channels, sources=Sources(raw), sinks=sinks, slas=settings.flows.slas(),
-                      mappings_dir=settings.flows.mappings_dir, streams=streams)
+                      canonicalizer=canonicalizer, streams=streams)
     recovery = settings.recovery_dir
     if not recovery.exists():
         recovery.mkdir(parents=True)

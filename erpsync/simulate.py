@@ -555,6 +555,15 @@ class Workload:
                 conn.close()
         self._erp_conn = self._wms_conn = self._producer = None
 
+    def touch(self) -> None:
+        """One source change now (an item's updated_at), so that event time moves on.
+
+        SLA deadlines and intake TTLs that fell due while the sources were quiet then fire without
+        waiting for business to resume.
+        """
+        self._erp().execute("UPDATE erp.items SET updated_at = now() WHERE sku = %s",
+                            (self.scenario.catalog.items[0].sku,))
+
     # -- connections
 
     def _erp(self) -> Any:

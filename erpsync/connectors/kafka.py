@@ -103,12 +103,16 @@ class _TopicSinkPartition(StatelessSinkPartition[Outgoing]):
         if self.failures:
             failures, self.failures = self.failures, []
             raise KafkaException(f"{len(failures)} deliveries failed, first: {failures[0]}")
+        written: dict[str, list[int]] = {}
         for item in items:
             if isinstance(item, tuple):
-                message, event_ms, event_id = item
-                telemetry.sink_latency("kafka", message.topic or "", (event_ms,))
-                if event_id is not None:
-                    with telemetry.event_span("sink.kafka", event_id, topic=message.topic or ""):
+                written.setdefault(item[0].topic or "", []).append(item[1])
+        for topic, times in written.items():
+            telemetry.sink_latency("kafka", topic, times)
+        if telemetry.tracing():
+            for item in items:
+                if isinstance(item, tuple) and item[2] is not None:
+                    with telemetry.event_span("sink.kafka", item[2], topic=item[0].topic or ""):
                         pass
 
     def close(self) -> None:
@@ -159,16 +163,7 @@ def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, s
                 raise
 
 
-def captured_topics(settings: Settings, mapped: Iterable[str]) -> list[str]:
-    """Topics that exist now under the capture prefixes of the mapped tables ("erp.erp.", "wms.wms.")."""
-    prefixes = {t.rsplit(".", 1)[0] + "." for t in mapped}
+def topic_partitions(settings: Settings) -> dict[str, list[int]]:
+    """Every topic of the cluster and its partitions (one metadata request)."""
     admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
-    return sorted(t for t in admin.list_topics(timeout=10).topics if any(t.startswith(p) for p in prefixes))
-
-
-def partitions(settings: Settings, topics: Iterable[str]) -> list[str]:
-    """"<topic>#<partition>" of every partition of the topics that exist."""
-    wanted = set(topics)
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
-    meta = admin.list_topics(timeout=10).topics
-    return sorted(f"{t}#{p}" for t in wanted if t in meta for p in meta[t].partitions)
+    return {t: sorted(m.partitions) for t, m in admin.list_topics(timeout=10).topics.items()}

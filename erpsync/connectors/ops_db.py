@@ -115,8 +115,20 @@ ON CONFLICT (id) DO UPDATE SET
 
 
 def exception_row(value: dict[str, Any]) -> dict[str, Any]:
-    return {**value, "detail": Jsonb(json.loads(value["detail"] or "{}")),
-            "source": None if value["source"] is None else Jsonb(value["source"])}
+    # An exception quotes what was wrong, which may hold NUL; PostgreSQL text and JSON cannot.
+    row = _without_nul({**value, "detail": json.loads(value["detail"] or "{}")})
+    return {**row, "detail": Jsonb(row["detail"]), "source": None if row["source"] is None else Jsonb(row["source"])}
+
+
+def _without_nul(value: Any) -> Any:
+    """The value with every NUL character in its strings shown as a backslash and a zero."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\0")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 class UpsertSink(DynamicSink[Emit]):

@@ -7,9 +7,9 @@ reproduction of production.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
@@ -24,6 +24,7 @@ from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
 from erpsync.schemas.registry import SchemaRegistry
 from erpsync.state import EXCEPTION_SCHEMA
 from erpsync.state.ats import AVAILABILITY_SCHEMA
+from erpsync.state.changes import Canonicalizer
 from erpsync.state.dead_letters import dead_letter_exception
 from erpsync.state.intake import ACCEPTED_ORDER_SCHEMA
 from erpsync.state.order_status import ORDER_STATUS_SCHEMA
@@ -60,11 +61,12 @@ def replay_sinks(collect: Callable[[str, Stream[object]], None]) -> Sinks:
 
 
 def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources: Sources, sinks: Sinks,
-               slas: Slas | None = None, live: bool = True, mappings_dir: Path | None = None,
+               slas: Slas | None = None, live: bool = True, canonicalizer: Canonicalizer | None = None,
                streams: Sequence[str] = ()) -> Dataflow:
     """live=False for replay: event time only, no wall-clock timers (see flows.availability).
 
     streams: the raw topic partitions a live pipeline reads ("<topic>#<partition>", see flows.orders).
+    canonicalizer: the one of the packaged mappings unless given.
     """
     flow = Dataflow("erpsync")
     slas = slas or Slas()
@@ -74,7 +76,7 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
     channel_orders = op.branch("is_channel_order", raw, lambda r: r.topic == COMMERCE_ORDERS_TOPIC)
     _count("canonicalize", "in", channel_orders.falses)
     _count("orders", "in", channel_orders.trues)
-    canon = canonicalize(channel_orders.falses, make_canonicalizer(registry, mappings_dir))
+    canon = canonicalize(channel_orders.falses, canonicalizer or make_canonicalizer(registry))
     committed = commitments(canon.emits)
     governed = orders(canon.emits, committed, channel_orders.trues, channels, slas, live=live, streams=streams)
     ledger_out = availability(canon.emits, committed, governed.reservations, channels, live=live,
@@ -93,7 +95,7 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
     _count("availability", "out", derived)
     sinks.emits("out_emits", emits)
     exceptions = op.filter("exceptions_only", emits, lambda e: e.schema == EXCEPTION_SCHEMA)
-    op.inspect("count_exceptions", exceptions, lambda _, e: telemetry.EXCEPTIONS.add(1, {"kind": e.value["kind"]}))
+    op.flat_map_batch("count_exceptions", exceptions, _count_exceptions)
     sinks.exceptions("out_exceptions", exceptions)
     sinks.availability("out_availability", op.filter(
         "availability_only", derived, lambda e: e.schema == AVAILABILITY_SCHEMA))
@@ -107,5 +109,17 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
 
 
 def _count(step: str, outcome: str, stream: Stream[Any]) -> None:
-    """Count a step's records per outcome (erpsync.records)."""
-    op.inspect(f"count_{step}_{outcome}", stream, lambda _, __: telemetry.count(step, outcome))
+    """Count a step's records per outcome (erpsync.records), a batch at a time (a side branch)."""
+
+    def count(batch: list[Any]) -> list[Any]:
+        telemetry.count(step, outcome, len(batch))
+        return []
+
+    op.flat_map_batch(f"count_{step}_{outcome}", stream, count)
+
+
+def _count_exceptions(batch: list[Emit]) -> list[Any]:
+    """erpsync.exceptions by kind, a batch at a time."""
+    for kind, n in Counter(e.value["kind"] for e in batch).items():
+        telemetry.EXCEPTIONS.add(n, {"kind": kind})
+    return []

@@ -33,9 +33,7 @@ def _source(raw: RawRecord) -> dict[str, Any]:
 def dead_letter_exception(dead: DeadLetter) -> Emit:
     raw = dead.raw
     return exception(KIND, "error", raw.topic, coordinates(raw.topic, raw.partition, raw.offset), dead.reason,
-                     {"step": dead.step,
-                      # (PostgreSQL text and JSON cannot hold NUL: shown escaped, the bytes stay in the DLQ)
-                      "key": None if raw.key is None else raw.key.decode("utf-8", "replace").replace("\x00", "\\0")},
+                     {"step": dead.step, "key": None if raw.key is None else raw.key.decode("utf-8", "replace")},
                      raw.timestamp_ms, source=_source(raw))
 
 

@@ -2,7 +2,7 @@
 
 ``OrderFacts`` holds what the ERP, the WMS and intake governance have said about one order, each
 row fenced by its source position; ``derive`` turns the facts into the OrderStatus a channel sees,
-in the spec's precedence. Publishing only when ``visible`` differs keeps channels free of noise.
+in the spec's precedence. Publishing only when the record differs keeps channels free of noise.
 
 Facts reach the order's key ("<channel>/<external order id>") through two routers, because WMS
 rows do not carry it: ``ShipmentRouter`` (keyed by shipment id) stamps shipment lines with their
@@ -140,7 +140,14 @@ class OrderFacts:
 
 
 def derive(facts: OrderFacts, channel: str, external_order_id: str) -> dict[str, Any] | None:
-    """The OrderStatus record for a channel, or None while nothing is known to show."""
+    """The OrderStatus record for a channel, or None while nothing is known to show.
+
+    All of it is what a channel sees, `last_fact_ms` included: the newest event time over every fact
+    the status shows (intake decision, ERP order, lines, allocations, shipments, invoices), a
+    maximum over the set of facts. So the last record published for an order is the same whatever
+    order or batches its facts came in (a replay publishes what the live pipeline did); a fact that
+    changes nothing else still moves it, and is published: the channel learns its view is current.
+    """
     header = facts.header if facts.header is not None and facts.header[2] != "deleted" else None
     lines = {n: line for n, line in facts.lines.items() if line[3] in ("open", "shipped")}
     allocated: dict[int, int] = {}
@@ -191,18 +198,6 @@ def derive(facts: OrderFacts, channel: str, external_order_id: str) -> dict[str,
         "tracking_numbers": sorted({s[2] for s in live_shipments if s[2]}),
         "last_fact_ms": facts.last_fact_ms,
     }
-
-
-def visible(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What a channel can see of a status record: all of it, the time of its newest fact included.
-
-    That time is the newest event time over every fact the status shows (intake decision, ERP
-    order, lines, allocations, shipments, invoices), a maximum over the set of facts: so the last
-    record published for an order is the same whatever order or batches its facts came in (a
-    replay publishes what the live pipeline did). A fact that changes nothing else still moves it,
-    and is published: the channel learns its view of the order is current as of that time.
-    """
-    return record
 
 
 # ----------------------------------------------------------------------------- checks and deadlines
@@ -360,7 +355,7 @@ class OrderRouter:
 @dataclass(slots=True)
 class BookState:
     facts: OrderFacts = field(default_factory=OrderFacts)
-    shown: dict[str, Any] | None = None  # what the channel was last told (visible part)
+    shown: dict[str, Any] | None = None  # the record the channel was last told
     version: int = 0  # facts behind the record last published (OrderFacts.applied): the ops database fences on it
     raised: set[str] = field(default_factory=set)  # discrepancy kinds currently raised
     armed: dict[str, Deadline] = field(default_factory=dict)  # deadlines sent to the clock
@@ -412,12 +407,11 @@ class StatusBook:
                 out.append(exception(kind, "error", "order", key, reason, detail, now))
         st.raised = set(found)
         out.extend(self._deadlines(st, key, None if record is None else record["status"], now))
-        shown = visible(record)
-        if shown is not None and shown != st.shown and channel in self.channels:
-            st.shown = shown
+        if record is not None and record != st.shown and channel in self.channels:
+            st.shown = record
             st.version = st.facts.applied  # grows with every fact, whatever the batches
             out.append(Emit(f"order-status.{channel}", ext_id, ORDER_STATUS_SCHEMA,
-                            {**(record or {}), "version": st.version}))
+                            {**record, "version": st.version}))
         return out
     def _deadlines(self, st: BookState, key: str, status: str | None, now: int) -> list[Emit | Deadline]:
         wanted = deadlines(st.facts, status, self.slas)

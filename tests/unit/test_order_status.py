@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from erpsync.records import Emit
-from erpsync.state.order_status import IntakeDecision, OrderFacts, derive, visible
+from erpsync.state.order_status import IntakeDecision, OrderFacts, derive
 
 POS = itertools.count(1)
 
@@ -120,7 +120,7 @@ def test_the_newest_status_fact_time_is_visible_and_order_independent() -> None:
     entered, released = order("entered"), order("released")
     a, b = status_after(entered), status_after(entered, released)  # status stays "accepted"; a newer fact time
     assert a is not None and b is not None and a["status"] == b["status"] == "accepted"
-    assert visible(a) != visible(b)  # the channel learns its view is current as of the newer fact
+    assert a != b  # the channel learns its view is current as of the newer fact
     ret = fact("canonical.return", [1], {"rma_id": "R1", "order_id": 7, "line_no": 1, "qty": 1})
     assert status_after(entered, released, ret) == b  # a return is not a status fact
     events = [order("entered"), line(1, 2), allocation(1, 1, 2), shipment(1, "dispatched"), shipment_line(1, 1, 2)]
