@@ -3,6 +3,10 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 COPY erpsync ./erpsync
+COPY flows ./flows
+COPY schemas ./schemas
+COPY connectors ./connectors
+COPY state ./state
 COPY debezium ./debezium
 RUN pip install --no-cache-dir -c constraints.txt . && useradd --system erpsync \
     && mkdir -p /var/lib/erpsync && chown erpsync /var/lib/erpsync

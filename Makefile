@@ -21,7 +21,7 @@ test: lint typecheck stack-up
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check erpsync tests bench
+	$(BIN)/ruff check erpsync flows schemas connectors state tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

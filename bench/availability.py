@@ -27,11 +27,11 @@ from bytewax.testing import TestingSource
 
 from bench.canonicalize import _Count
 from erpsync.channels import load_channels
-from erpsync.flows.availability import availability, commitments
-from erpsync.flows.orders import orders
-from erpsync.records import Emit
 from erpsync.runner import tune_gc
-from erpsync.state.sla import Slas
+from flows.availability import availability, commitments
+from flows.orders import orders
+from state.records import Emit
+from state.sla import Slas
 
 LOCATIONS = ("DC-EAST", "DC-WEST", "DC-CENTRAL")
 

@@ -19,11 +19,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.run import cli_main
 
 from bench.make_dump import generate
-from erpsync.connectors.files import DumpSource
-from erpsync.flows.canonicalize import canonicalize, make_canonicalizer
-from erpsync.records import RawRecord
+from connectors.files import DumpSource
 from erpsync.runner import tune_gc
-from erpsync.schemas.registry import SchemaRegistry
+from flows.canonicalize import canonicalize, make_canonicalizer
+from schemas.registry import SchemaRegistry
+from state.records import RawRecord
 
 
 class _Count(DynamicSink[object]):

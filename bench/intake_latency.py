@@ -6,7 +6,7 @@ the pipeline to catch up, then sends clean orders at --rate and records, per ord
 the Kafka produce to the row's appearance (polled every 5 ms). --wms-rate adds background WMS
 stock updates per second (a busy source): orders then wait for less, since sources tick often.
 Prints p50/p99/max (after one unmeasured warm-up order). An order waits until every table intake
-validation reads has reached its time, or has been idle for 1 s (erpsync.flows.orders).
+validation reads has reached its time, or has been idle for 1 s (flows.orders).
 """
 
 from __future__ import annotations

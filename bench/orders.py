@@ -27,11 +27,11 @@ from bytewax.run import cli_main
 from bytewax.testing import TestingSource
 
 from erpsync.channels import load_channels
-from erpsync.flows.availability import commitments
-from erpsync.flows.orders import orders, sla_clock
-from erpsync.records import Emit, RawRecord
 from erpsync.runner import tune_gc
-from erpsync.state.sla import Slas
+from flows.availability import commitments
+from flows.orders import orders, sla_clock
+from state.records import Emit, RawRecord
+from state.sla import Slas
 
 CHANNELS = ("b2b-portal", "marketplace", "inside-sales")
 T0 = 1_800_000_000_000

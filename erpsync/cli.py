@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from erpsync import reconcile, stack
-from erpsync.schemas.compat import check_directory
-from erpsync.schemas.registry import RELEASED_DIR, SCHEMA_DIR, SchemaRegistry
 from erpsync.settings import Settings, load_settings
 from erpsync.stack.components import all_components, load_connector_configs
 from erpsync.stack.connect import ConnectClient
 from erpsync.stack.process import tail
+from schemas.compat import check_directory
+from schemas.registry import RELEASED_DIR, SCHEMA_DIR, SchemaRegistry
 
 log = logging.getLogger("erpsync")
 

@@ -30,13 +30,13 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from connectors import ops_db
 from erpsync.channels import load_channels
-from erpsync.connectors import ops_db
 from erpsync.reconcile import reconcile, render
-from erpsync.records import DLQ_TOPIC, EXCEPTIONS_TOPIC
-from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
 from erpsync.settings import Settings
 from erpsync.simulate import Manifest, Workload
+from schemas.registry import SchemaRegistry, make_value_deserializer
+from state.records import DLQ_TOPIC, EXCEPTIONS_TOPIC
 
 RAW = ["erp.erp.items", "erp.erp.customers", "wms.wms.inventory_balances", "wms.wms.allocations"]
 CANONICAL = ["canonical.item", "canonical.customer", "canonical.inventory-position", "canonical.allocation"]

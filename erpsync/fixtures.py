@@ -19,8 +19,8 @@ import psycopg
 import pymysql
 from confluent_kafka import Consumer, TopicPartition
 
-from erpsync.schemas.mapping import MAPPINGS_DIR
 from erpsync.settings import Settings
+from schemas.mapping import MAPPINGS_DIR
 
 
 def _erp(settings: Settings) -> psycopg.Connection[Any]:

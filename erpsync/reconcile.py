@@ -51,9 +51,10 @@ from psycopg.rows import dict_row
 from rich.console import Console
 from rich.table import Table
 
-from erpsync.channels import Channel, load_channels
-from erpsync.connectors import ops_db
+from connectors import ops_db
+from erpsync.channels import load_channels
 from erpsync.settings import Settings
+from state.channels import Channel
 
 log = logging.getLogger(__name__)
 
@@ -818,7 +819,7 @@ def read_topic_tails(settings: Settings, topics: Sequence[str], records: int,
     A compacted topic keeps each key's latest record nearest its end, so a key seen in the tail is
     seen with its latest value; keys only older than the tail are not returned (and not compared).
     """
-    from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer  # noqa: PLC0415 - only for --topics
+    from schemas.registry import SchemaRegistry, make_value_deserializer  # noqa: PLC0415 - only for --topics
 
     deserialize = make_value_deserializer(SchemaRegistry.load(), settings.kafka.schema_registry_url)
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "erpsync-reconcile",

@@ -17,24 +17,25 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
+from connectors import kafka, ops_db
+from connectors.erp_intake import IntakeWriter
+from connectors.files import DumpSource, ReplaySink
+from connectors.kafka import Serializer
+from connectors.metrics import IgnoredCounter
+from connectors.ops_db import AvailabilitySink, ExceptionSink, OrderStatusSink
+from connectors.redis import AtsSink
 from erpsync import telemetry
-from erpsync.channels import Channel, load_channels
-from erpsync.connectors import kafka, ops_db
-from erpsync.connectors.erp_intake import IntakeWriter
-from erpsync.connectors.files import DumpSource, ReplaySink
-from erpsync.connectors.kafka import Serializer
-from erpsync.connectors.metrics import IgnoredCounter
-from erpsync.connectors.ops_db import AvailabilitySink, ExceptionSink, OrderStatusSink
-from erpsync.connectors.redis import AtsSink
-from erpsync.flows.canonicalize import make_canonicalizer
-from erpsync.flows.orders import COMMERCE_ORDERS_TOPIC, VALIDATION_TOPICS
-from erpsync.flows.pipeline import Sinks, Sources, build_flow, replay_sinks
-from erpsync.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, EXCEPTIONS_TOPIC, DeadLetter, Emit, RawRecord
-from erpsync.schemas.registry import SchemaRegistry, make_value_serializer
+from erpsync.channels import load_channels
 from erpsync.settings import Settings
-from erpsync.state.changes import HEARTBEAT_PREFIX
-from erpsync.state.intake import ORDER_INTAKE_OUT_TOPIC
-from erpsync.state.sla import Slas
+from flows.canonicalize import make_canonicalizer
+from flows.orders import COMMERCE_ORDERS_TOPIC, VALIDATION_TOPICS
+from flows.pipeline import Sinks, Sources, build_flow, replay_sinks
+from schemas.registry import SchemaRegistry, make_value_serializer
+from state.changes import HEARTBEAT_PREFIX
+from state.channels import Channel
+from state.intake import ORDER_INTAKE_OUT_TOPIC
+from state.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, EXCEPTIONS_TOPIC, DeadLetter, Emit, RawRecord
+from state.sla import Slas
 
 log = logging.getLogger(__name__)
 

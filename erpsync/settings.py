@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from erpsync.state.sla import Slas
+from state.sla import Slas
 
 _FROZEN = ConfigDict(frozen=True)
 
@@ -97,7 +97,7 @@ class FlowSettings(BaseModel):
     snapshot_interval_s: float = 5.0
     # Default: <stack home>/recovery.
     recovery_dir: Path | None = None
-    # Source-table mappings (TOML); default: the packaged erpsync/schemas/mappings.
+    # Source-table mappings (TOML); default: the packaged schemas/mappings.
     mappings_dir: Path | None = None
     # Order SLAs on event time (spec section 9): accepted -> allocated, ERP/WMS disagreement grace,
     # return received -> credit memo.

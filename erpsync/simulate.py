@@ -31,8 +31,9 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from erpsync.channels import Channel, load_channels
+from erpsync.channels import load_channels
 from erpsync.settings import Settings
+from state.channels import Channel
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from erpsync.connectors.files import parse_dump_line
-from erpsync.flows.canonicalize import make_canonicalizer
-from erpsync.records import RawRecord
-from erpsync.schemas.registry import SchemaRegistry
-from erpsync.state.changes import Canonicalizer
+from connectors.files import parse_dump_line
+from flows.canonicalize import make_canonicalizer
+from schemas.registry import SchemaRegistry
+from state.changes import Canonicalizer
+from state.records import RawRecord
 
 FIXTURES = Path(__file__).parent / "fixtures" / "debezium"
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from erpsync.connectors import kafka, ops_db
-from erpsync.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC
+from connectors import kafka, ops_db
 from erpsync.settings import Settings
-from erpsync.state.dead_letters import dead_letter_id
+from state.dead_letters import dead_letter_id
+from state.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC
 
 COLUMNS = ("id", "kind", "severity", "entity", "business_key", "reason", "detail", "source", "first_seen_ms",
            "last_seen_ms", "occurrences", "state", "note", "state_changed_at")

@@ -38,7 +38,7 @@ def up(settings: Settings) -> dict[str, float]:
         component.provision()
         timings[component.name] = time.monotonic() - t0
         log.info("%s healthy at %s (%.1fs)", component.name, component.endpoint, timings[component.name])
-    from erpsync.connectors import ops_db  # noqa: PLC0415  (the stack module stays light to import)
+    from connectors import ops_db  # noqa: PLC0415  (the stack module stays light to import)
 
     ops_db.migrate(settings)  # the ops database's tables exist before any flow or CLI needs them
     return timings

@@ -9,10 +9,10 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from hypothesis import HealthCheck, given, settings
 
-from erpsync.flows.availability import availability, commitments
-from erpsync.flows.common import Ticker, reduce
-from erpsync.records import Emit
-from erpsync.state.ats import AVAILABILITY_SCHEMA, IntakeAccepted, Reservation, Reservations
+from flows.availability import availability, commitments
+from flows.common import Ticker, reduce
+from state.ats import AVAILABILITY_SCHEMA, IntakeAccepted, Reservation, Reservations
+from state.records import Emit
 from tests.unit.test_ats_properties import CHANNELS, SKUS, World, expected_ats, histories
 
 

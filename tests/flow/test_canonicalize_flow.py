@@ -11,11 +11,11 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from erpsync.flows.canonicalize import canonicalize
-from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
 from erpsync.runner import replay
-from erpsync.schemas.registry import SchemaRegistry
-from erpsync.state.changes import Canonicalizer
+from flows.canonicalize import canonicalize
+from schemas.registry import SchemaRegistry
+from state.changes import Canonicalizer
+from state.records import DeadLetter, Emit, Ignored, RawRecord
 
 
 def run_flow(records: list[RawRecord], canonicalizer: Canonicalizer, workers: int) -> list[object]:

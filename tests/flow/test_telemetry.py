@@ -17,9 +17,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from erpsync import telemetry
-from erpsync.records import Emit, RawRecord, event_ms_of
 from erpsync.runner import replay
-from erpsync.schemas.registry import SchemaRegistry
+from schemas.registry import SchemaRegistry
+from state.records import Emit, RawRecord, event_ms_of
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,8 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
 from erpsync import stack
-from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
 from erpsync.settings import Settings, load_settings
+from schemas.registry import SchemaRegistry, make_value_deserializer
 
 pytestmark = pytest.mark.integration
 

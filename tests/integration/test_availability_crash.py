@@ -15,8 +15,8 @@ from typing import Any
 
 import redis
 
-from erpsync.schemas.registry import SchemaRegistry
 from erpsync.settings import Settings
+from schemas.registry import SchemaRegistry
 
 from .conftest import Pipeline, read_canonical, unique
 from .truth import latest_on_topics, redis_values, seed, truth, wait_for_truth

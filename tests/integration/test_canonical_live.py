@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from erpsync.connectors.files import to_json
+from connectors.files import to_json
 from erpsync.runner import replay
-from erpsync.schemas.registry import SchemaRegistry
 from erpsync.settings import Settings
+from schemas.registry import SchemaRegistry
 
 from .conftest import read_canonical, read_to_end, unique
 

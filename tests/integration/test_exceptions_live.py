@@ -18,10 +18,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from erpsync.connectors import ops_db
-from erpsync.schemas.mapping import MAPPINGS_DIR
-from erpsync.schemas.registry import SchemaRegistry
+from connectors import ops_db
 from erpsync.settings import Settings
+from schemas.mapping import MAPPINGS_DIR
+from schemas.registry import SchemaRegistry
 
 from .conftest import Pipeline, read_canonical
 

@@ -19,13 +19,13 @@ import pytest
 import redis
 
 from erpsync.channels import load_channels
-from erpsync.flows.canonicalize import make_canonicalizer
-from erpsync.flows.orders import COMMERCE_ORDERS_TOPIC
 from erpsync.runner import replay
-from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
 from erpsync.settings import Settings
 from erpsync.simulate import Scenario, Workload
-from erpsync.state.sla import Slas
+from flows.canonicalize import make_canonicalizer
+from flows.orders import COMMERCE_ORDERS_TOPIC
+from schemas.registry import SchemaRegistry, make_value_deserializer
+from state.sla import Slas
 
 from .conftest import Pipeline, read_to_end
 

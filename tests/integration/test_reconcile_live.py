@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from erpsync.connectors import ops_db
+from connectors import ops_db
 from erpsync.reconcile import reconcile
 from erpsync.settings import Settings
 from erpsync.simulate import Manifest, Workload

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from erpsync.connectors.redis import FENCED_HSET, fence
+from connectors.redis import FENCED_HSET, fence
 
 from .conftest import unique
 

@@ -12,8 +12,8 @@ import pymysql
 import redis
 
 from erpsync.channels import load_channels
-from erpsync.schemas.registry import SchemaRegistry, make_value_deserializer
 from erpsync.settings import Settings
+from schemas.registry import SchemaRegistry, make_value_deserializer
 from tests.unit.test_ats_properties import CHANNELS, World, expected_ats
 
 from .conftest import read_to_end

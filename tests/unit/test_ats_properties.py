@@ -12,10 +12,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from erpsync.channels import Channel, load_channels
-from erpsync.records import Emit
-from erpsync.state import Tick
-from erpsync.state.ats import (
+from erpsync.channels import load_channels
+from state import Tick
+from state.ats import (
     AVAILABILITY_SCHEMA,
     Commitment,
     IntakeAccepted,
@@ -24,6 +23,8 @@ from erpsync.state.ats import (
     Reservations,
     SkuLedger,
 )
+from state.channels import Channel
+from state.records import Emit
 
 CHANNELS = load_channels()
 SKUS = ["S1", "S2", "S3"]
@@ -46,7 +47,7 @@ class World:
 
 
 def expected_ats(w: World, channel: Channel, sku: str) -> int:
-    """Spec section 5, written independently of erpsync.state.ats."""
+    """Spec section 5, written independently of state.ats."""
     item = w.items.get(sku)
     if item is None or item[1] != "active":
         return 0
@@ -218,7 +219,7 @@ def test_final_ats_equals_the_formula_on_final_rows(history: tuple[list[Any], Wo
 
 
 def test_a_resumed_state_holding_an_update_arms_its_timer() -> None:
-    from erpsync.flows.availability import _LedgerLogic  # noqa: PLC0415
+    from flows.availability import _LedgerLogic  # noqa: PLC0415
 
     ledger = SkuLedger(CHANNELS)
     item = canonical("canonical.item", ["S1"], {"sku": "S1", "safety_stock": 0, "status": "active"}, "erp", 1, 1000)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
-from erpsync.schemas.registry import SchemaRegistry
-from erpsync.state.changes import TOAST_PLACEHOLDER, Canonicalizer, source_position
+from schemas.registry import SchemaRegistry
+from state.changes import TOAST_PLACEHOLDER, Canonicalizer, source_position
+from state.records import DeadLetter, Emit, Ignored, RawRecord
 from tests.conftest import envelope
 
 
@@ -183,7 +183,7 @@ def test_malformed_and_unmapped(captured: list[RawRecord], canonicalizer: Canoni
 
 
 def test_non_owner_change_is_a_sor_violation(captured: list[RawRecord], registry: SchemaRegistry) -> None:
-    from erpsync.flows.canonicalize import make_canonicalizer  # noqa: PLC0415
+    from flows.canonicalize import make_canonicalizer  # noqa: PLC0415
 
     canon = make_canonicalizer(registry)
     items = canon.mappings.by_topic["erp.erp.items"]

@@ -9,9 +9,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
-from erpsync.schemas.registry import SchemaRegistry
-from erpsync.state.changes import Canonicalizer
+from schemas.registry import SchemaRegistry
+from state.changes import Canonicalizer
+from state.records import DeadLetter, Emit, Ignored, RawRecord
 from tests.conftest import load_dump
 
 CAPTURED = load_dump("erp.jsonl") + load_dump("wms.jsonl") + load_dump("heartbeats.jsonl")

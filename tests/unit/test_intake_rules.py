@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from erpsync.channels import load_channels
-from erpsync.state.intake import Catalog, Customer, PriceLine, parse, validate
+from state.intake import Catalog, Customer, PriceLine, parse, validate
 
 CHANNELS = {c.id: c for c in load_channels()}
 GOOD: dict[str, Any] = {

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from erpsync.schemas.mapping import load_mappings
+from schemas.mapping import load_mappings
 
 KEYS = {"item": ("sku",)}
 

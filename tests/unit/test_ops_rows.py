@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from erpsync.connectors.ops_db import exception_row
+from connectors.ops_db import exception_row
 
 
 def test_nul_in_an_exception_is_shown_escaped() -> None:

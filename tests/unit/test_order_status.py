@@ -6,8 +6,8 @@ import itertools
 import json
 from typing import Any
 
-from erpsync.records import Emit
-from erpsync.state.order_status import IntakeDecision, OrderFacts, derive
+from state.order_status import IntakeDecision, OrderFacts, derive
+from state.records import Emit
 
 POS = itertools.count(1)
 

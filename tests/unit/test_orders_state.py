@@ -7,12 +7,12 @@ import json
 from typing import Any
 
 from erpsync.channels import load_channels
-from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
-from erpsync.state import Tick
-from erpsync.state.ats import Commitment, NetworkChange, Reservation, SkuNetwork
-from erpsync.state.intake import DeskState, IntakeDesk
-from erpsync.state.order_status import BookState, IntakeDecision, OrderRouter, ShipmentRouter, StatusBook
-from erpsync.state.sla import Deadline, Deadlines, Slas
+from state import Tick
+from state.ats import Commitment, NetworkChange, Reservation, SkuNetwork
+from state.intake import DeskState, IntakeDesk
+from state.order_status import BookState, IntakeDecision, OrderRouter, ShipmentRouter, StatusBook
+from state.records import DeadLetter, Emit, Ignored, RawRecord
+from state.sla import Deadline, Deadlines, Slas
 
 CHANNELS = load_channels()
 BY_ID = {c.id: c for c in CHANNELS}
@@ -356,7 +356,7 @@ def test_credits_are_compared_in_cents() -> None:
 
 
 def test_unknown_sku_waits_for_the_item_master_before_it_is_raised() -> None:
-    from erpsync.state.ats import SkuLedger  # noqa: PLC0415
+    from state.ats import SkuLedger  # noqa: PLC0415
 
     ledger, clock = SkuLedger(CHANNELS, unknown_sku_ms=5000), Deadlines()
     stock = fact("canonical.inventory-position", {"sku": "NEW-1", "location": "DC-EAST", "on_hand": 5,
@@ -414,7 +414,7 @@ def test_the_sla_clock_waits_for_the_slowest_stream_unless_it_is_idle() -> None:
 
 
 def test_a_voided_invoice_reaches_its_order_and_stays_a_fence() -> None:
-    from erpsync.state.order_status import IdRouter  # noqa: PLC0415
+    from state.order_status import IdRouter  # noqa: PLC0415
 
     router, state = IdRouter(), None
     posted = invoice()

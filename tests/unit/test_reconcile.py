@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from erpsync.channels import Channel, load_channels
+from erpsync.channels import load_channels
 from erpsync.reconcile import (
     RECEIVED,
     Ats,
@@ -40,6 +40,7 @@ from erpsync.reconcile import (
     render,
     status_differences,
 )
+from state.channels import Channel
 
 CHANNELS = {c.id: c for c in load_channels()}
 B2B, MARKET, INSIDE = CHANNELS["b2b-portal"], CHANNELS["marketplace"], CHANNELS["inside-sales"]

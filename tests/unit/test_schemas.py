@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from erpsync.schemas.compat import check_backward_compatible, check_directory
-from erpsync.schemas.registry import (
+from schemas.compat import check_backward_compatible, check_directory
+from schemas.registry import (
     RELEASED_DIR,
     SCHEMA_DIR,
     SchemaRegistry,

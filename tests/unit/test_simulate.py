@@ -23,7 +23,7 @@ from erpsync.simulate import (
     parse_intake_payload,
     split_cents,
 )
-from erpsync.state.intake import Catalog, Customer, PriceLine, parse, validate
+from state.intake import Catalog, Customer, PriceLine, parse, validate
 
 START = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 CHANNELS = {c.id: c for c in load_channels()}

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from erpsync.records import EXCEPTIONS_TOPIC, Emit
+from state.records import EXCEPTIONS_TOPIC, Emit
 
 EXCEPTION_SCHEMA = "io.erpsync.SyncException"
 

@@ -9,7 +9,7 @@ rows do not carry it: ``ShipmentRouter`` (keyed by shipment id) stamps shipment 
 order id, ``OrderRouter`` (keyed by ERP order id) learns the channel key from the ERP order header;
 both hold facts that arrive before what they need. ``StatusBook`` (keyed by the channel key)
 publishes the status, raises the discrepancy exceptions (invoice, freight, overship, credit) and
-arms the SLA deadlines of ``erpsync.state.sla``.
+arms the SLA deadlines of ``state.sla``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from erpsync.records import Emit
-from erpsync.state import exception, newer
-from erpsync.state.sla import Deadline, Slas
+from state import exception, newer
+from state.records import Emit
+from state.sla import Deadline, Slas
 
 ORDER_STATUS_SCHEMA = "io.erpsync.OrderStatus"
 SHIPPED_STATES = frozenset({"dispatched", "delivered"})

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from erpsync.records import Emit
-from erpsync.state import Tick, exception
+from state import Tick, exception
+from state.records import Emit
 
 
 @dataclass(frozen=True, slots=True)

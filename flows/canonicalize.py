@@ -14,12 +14,12 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from erpsync import telemetry
-from erpsync.flows.common import Outcomes, split
-from erpsync.records import DeadLetter, Emit, Ignored, Outcome, RawRecord
-from erpsync.schemas.mapping import MAPPINGS_DIR, load_mappings
-from erpsync.schemas.registry import SchemaRegistry
-from erpsync.state.changes import Canonicalizer, ChangeLog, EntityInfo
-from erpsync.state.dead_letters import replayed_exception
+from flows.common import Outcomes, split
+from schemas.mapping import MAPPINGS_DIR, load_mappings
+from schemas.registry import SchemaRegistry
+from state.changes import Canonicalizer, ChangeLog, EntityInfo
+from state.dead_letters import replayed_exception
+from state.records import DeadLetter, Emit, Ignored, Outcome, RawRecord
 
 
 def make_canonicalizer(registry: SchemaRegistry, mappings_dir: Path | None = None) -> Canonicalizer:

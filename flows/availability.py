@@ -1,6 +1,6 @@
 """Canonical events (+ intake reservations) -> Availability per SKU and channel, and exceptions.
 
-Two keyed steps (see ``erpsync.state.ats``): order lines by ERP order id (-> commitments, also
+Two keyed steps (see ``state.ats``): order lines by ERP order id (-> commitments, also
 used by the orders flow) and the per-SKU ledger, whose held (throttled) updates are released by a
 timer. Reservations come from the orders flow's intake desk, which holds the pending intakes.
 """
@@ -14,10 +14,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from erpsync.channels import Channel
-from erpsync.flows.common import reduce
-from erpsync.records import Emit
-from erpsync.state.ats import (
+from flows.common import reduce
+from state.ats import (
     ALLOCATION_TOPIC,
     INVENTORY_TOPIC,
     ITEM_TOPIC,
@@ -30,7 +28,9 @@ from erpsync.state.ats import (
     SkuLedger,
     SkuState,
 )
-from erpsync.state.sla import Deadline
+from state.channels import Channel
+from state.records import Emit
+from state.sla import Deadline
 
 _ORDER_FACTS = frozenset({ORDER_TOPIC, ORDER_LINE_TOPIC, ALLOCATION_TOPIC})
 _SKU_FACTS = frozenset({INVENTORY_TOPIC, ITEM_TOPIC})
@@ -115,7 +115,7 @@ def availability(canonical: Stream[Emit], committed: Stream[Commitment], reserva
                  unknown_sku_ms: int = 60_000) -> Stream[Emit | Deadline]:
     """Availability updates and exceptions, from canonical events, commitments and intake reservations.
 
-    Also `unknown_sku` deadlines, for the SLA clock (``erpsync.flows.orders.sla_clock``).
+    Also `unknown_sku` deadlines, for the SLA clock (``flows.orders.sla_clock``).
 
     live=False (replay): no wall-clock timers; held updates are released by later events and at
     the end of input, in event time only, so two replays of a dump publish the same records.

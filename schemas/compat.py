@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from erpsync.schemas.registry import PRIMITIVES, read_schema_files
+from schemas.registry import PRIMITIVES, read_schema_files
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from erpsync.connectors.ops_db import UpsertSink
+from connectors.ops_db import UpsertSink
 from erpsync.settings import Settings
 
 INSERT_INTAKE = """

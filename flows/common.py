@@ -10,8 +10,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from erpsync.records import DeadLetter, Emit, Ignored, Outcome
-from erpsync.state import Tick
+from state import Tick
+from state.records import DeadLetter, Emit, Ignored, Outcome
 
 
 @dataclass(frozen=True)

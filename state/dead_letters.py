@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from erpsync.records import DeadLetter, Emit, RawRecord
-from erpsync.state import exception, exception_id
+from state import exception, exception_id
+from state.records import DeadLetter, Emit, RawRecord
 
 KIND = "dead_letter"
 

@@ -20,8 +20,8 @@ from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from erpsync import telemetry
-from erpsync.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, DeadLetter, Emit, RawRecord, event_ms_of
 from erpsync.settings import Settings
+from state.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, DeadLetter, Emit, RawRecord, event_ms_of
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from erpsync.channels import Channel
-from erpsync.records import Emit
-from erpsync.state import Tick, exception, newer, to_second
-from erpsync.state.sla import Deadline
+from state import Tick, exception, newer, to_second
+from state.channels import Channel
+from state.records import Emit
+from state.sla import Deadline
 
 AVAILABILITY_SCHEMA = "io.erpsync.Availability"
 # Source systems whose positions an Availability reflects; the order of Redis/ops-db fences.

@@ -16,19 +16,19 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
 from erpsync import telemetry
-from erpsync.channels import Channel
-from erpsync.flows.availability import availability, commitments
-from erpsync.flows.canonicalize import canonicalize, make_canonicalizer
-from erpsync.flows.orders import COMMERCE_ORDERS_TOPIC, orders, sla_clock
-from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
-from erpsync.schemas.registry import SchemaRegistry
-from erpsync.state import EXCEPTION_SCHEMA
-from erpsync.state.ats import AVAILABILITY_SCHEMA
-from erpsync.state.changes import Canonicalizer
-from erpsync.state.dead_letters import dead_letter_exception
-from erpsync.state.intake import ACCEPTED_ORDER_SCHEMA
-from erpsync.state.order_status import ORDER_STATUS_SCHEMA
-from erpsync.state.sla import Deadline, Slas
+from flows.availability import availability, commitments
+from flows.canonicalize import canonicalize, make_canonicalizer
+from flows.orders import COMMERCE_ORDERS_TOPIC, orders, sla_clock
+from schemas.registry import SchemaRegistry
+from state import EXCEPTION_SCHEMA
+from state.ats import AVAILABILITY_SCHEMA
+from state.changes import Canonicalizer
+from state.channels import Channel
+from state.dead_letters import dead_letter_exception
+from state.intake import ACCEPTED_ORDER_SCHEMA
+from state.order_status import ORDER_STATUS_SCHEMA
+from state.records import DeadLetter, Emit, Ignored, RawRecord
+from state.sla import Deadline, Slas
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
     derived: Stream[Emit] = ledger_split.falses  # type: ignore[assignment]
     fired = sla_clock(op.merge("all_deadlines", governed.deadlines, ledger_split.trues), governed.ticks, live=live)
     dead_letters = op.merge("dead_letters", unreadable, canon.dead_letters, governed.dead_letters)
-    # every dead letter is also an exception (replayable, see erpsync.state.dead_letters)
+    # every dead letter is also an exception (replayable, see state.dead_letters)
     dead_letter_exceptions = op.map("dead_letter_exceptions", dead_letters, dead_letter_exception)
     emits = op.merge("all_emits", canon.emits, derived, governed.emits, fired, dead_letter_exceptions)
     for step, outcomes in (("canonicalize", canon), ("orders", governed)):
@@ -109,7 +109,7 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources
 
 
 def _count(step: str, outcome: str, stream: Stream[Any]) -> None:
-    """Count a step's records per outcome (erpsync.records), a batch at a time (a side branch)."""
+    """Count a step's records per outcome (state.records), a batch at a time (a side branch)."""
 
     def count(batch: list[Any]) -> list[Any]:
         telemetry.count(step, outcome, len(batch))

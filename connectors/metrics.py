@@ -7,7 +7,7 @@ import logging
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from opentelemetry import metrics
 
-from erpsync.records import Ignored
+from state.records import Ignored
 
 log = logging.getLogger(__name__)
 _meter = metrics.get_meter("erpsync")

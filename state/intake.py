@@ -29,10 +29,8 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from erpsync.channels import Channel
-from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
-from erpsync.state import Tick, exception
-from erpsync.state.ats import (
+from state import Tick, exception
+from state.ats import (
     ITEM_TOPIC,
     ORDER_INTAKE_TOPIC,
     ORDER_TOPIC,
@@ -42,7 +40,9 @@ from erpsync.state.ats import (
     Reservation,
     Reservations,
 )
-from erpsync.state.order_status import IntakeDecision
+from state.channels import Channel
+from state.order_status import IntakeDecision
+from state.records import DeadLetter, Emit, Ignored, RawRecord
 
 FULFILLMENT_METHODS = frozenset({"SHIP", "PICKUP", "DROPSHIP"})
 REQUIRED_FIELDS = ("channel", "external_order_id", "customer_id", "payment_status", "fulfillment_method",

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from erpsync.records import EXCEPTIONS_TOPIC, DeadLetter, Emit, Ignored, Outcome, RawRecord
-from erpsync.schemas.mapping import BadValue, MappingSet, TableMapping
+from schemas.mapping import BadValue, MappingSet, TableMapping
+from state.records import EXCEPTIONS_TOPIC, DeadLetter, Emit, Ignored, Outcome, RawRecord
 
 STEP = "canonicalize"
 # What Debezium's PostgreSQL connector sends for an unchanged TOASTed column it did not receive.

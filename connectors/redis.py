@@ -17,9 +17,9 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from erpsync import telemetry
-from erpsync.records import Emit
 from erpsync.settings import Settings
-from erpsync.state.ats import POSITION_SYSTEMS
+from state.ats import POSITION_SYSTEMS
+from state.records import Emit
 
 FENCED_HSET = """
 -- ARGV[3] is the fence: '<erp>|<wms>|<commerce>|<clock>|<version>' (positions fixed-width per system)

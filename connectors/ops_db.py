@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,13 +12,12 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from psycopg.types.json import Jsonb
 
 from erpsync import telemetry
-from erpsync.records import Emit, event_ms_of
+from erpsync.ops import MIGRATIONS_DIR
 from erpsync.settings import Settings
-from erpsync.state.ats import POSITION_SYSTEMS
+from state.ats import POSITION_SYSTEMS
+from state.records import Emit, event_ms_of
 
 log = logging.getLogger(__name__)
-MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "ops" / "migrations"
-
 
 
 def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection[Any]:

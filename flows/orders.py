@@ -1,6 +1,6 @@
 """Channel orders and canonical events -> governed intake, order status per channel, SLA exceptions.
 
-Steps (pure reducers from ``erpsync.state``, keyed as they need):
+Steps (pure reducers from ``state``, keyed as they need):
 - ``orders_network`` (by SKU): stock, item master and commitments -> each SKU's network per channel
   before intake reservations (``SkuNetwork``).
 - ``orders_intake`` (one key): channel orders validated against customers, items, prices and that
@@ -25,11 +25,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from erpsync.channels import Channel
-from erpsync.flows.common import Ticker, reduce
-from erpsync.records import DeadLetter, Emit, Ignored, RawRecord
-from erpsync.state import Tick
-from erpsync.state.ats import (
+from flows.common import Ticker, reduce
+from state import Tick
+from state.ats import (
     ALLOCATION_TOPIC,
     INVENTORY_TOPIC,
     ITEM_TOPIC,
@@ -40,8 +38,9 @@ from erpsync.state.ats import (
     Reservation,
     SkuNetwork,
 )
-from erpsync.state.intake import CUSTOMER_TOPIC, PRICE_TOPIC, DeskInput, DeskOutput, DeskState, IntakeDesk
-from erpsync.state.order_status import (
+from state.channels import Channel
+from state.intake import CUSTOMER_TOPIC, PRICE_TOPIC, DeskInput, DeskOutput, DeskState, IntakeDesk
+from state.order_status import (
     KEYED_FACT_TOPICS,
     ORDER_FACT_TOPICS,
     SHIPMENT_TOPICS,
@@ -53,7 +52,8 @@ from erpsync.state.order_status import (
     ShipmentRouter,
     StatusBook,
 )
-from erpsync.state.sla import Deadline, Deadlines, DeadlineState, Slas
+from state.records import DeadLetter, Emit, Ignored, RawRecord
+from state.sla import Deadline, Deadlines, DeadlineState, Slas
 
 COMMERCE_ORDERS_TOPIC = "commerce.orders"
 _DESK_FACTS = frozenset({CUSTOMER_TOPIC, ITEM_TOPIC, PRICE_TOPIC, ORDER_TOPIC, ORDER_INTAKE_TOPIC})
@@ -137,7 +137,7 @@ def _copy(state: Any) -> Any:
 class _DeskLogic(StatefulBatchLogic[DeskInput, DeskOutput, DeskState]):
     """The intake desk, plus the wall-clock test for quiet input streams (live only).
 
-    An order waits for every input stream's event time to reach it (see ``erpsync.state.intake``).
+    An order waits for every input stream's event time to reach it (see ``state.intake``).
     A stream (raw topic partition) that sent no tick for `hold_ms` of wall time is quiet (idle, not
     lagging: a backlogged partition delivers at every poll): orders stop waiting for it. Replay has
     no wall clock; the desk judges quietness in event time there.

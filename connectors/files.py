@@ -18,8 +18,8 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from erpsync import telemetry
-from erpsync.records import DLQ_TOPIC, DeadLetter, Emit, Ignored, Outcome, RawRecord, event_ms_of
-from erpsync.schemas.registry import SchemaRegistry
+from schemas.registry import SchemaRegistry
+from state.records import DLQ_TOPIC, DeadLetter, Emit, Ignored, Outcome, RawRecord, event_ms_of
 
 _BATCH = 2000
 
