@@ -36,10 +36,16 @@ def load_dump(name: str) -> list[RawRecord]:
     return out
 
 
+def load_captured(*, transactions: bool = False) -> list[RawRecord]:
+    """The captured change records of the ERP and the WMS, and heartbeats (and transaction metadata)."""
+    records = load_dump("erp.jsonl") + load_dump("wms.jsonl") + load_dump("heartbeats.jsonl")
+    return records if transactions else [r for r in records if not r.topic.endswith(".transaction")]
+
+
 @pytest.fixture(scope="session")
 def captured() -> list[RawRecord]:
-    """Every captured record: ERP, WMS and heartbeats."""
-    return load_dump("erp.jsonl") + load_dump("wms.jsonl") + load_dump("heartbeats.jsonl")
+    """Every captured change record: ERP, WMS and heartbeats (without transaction metadata)."""
+    return load_captured()
 
 
 def envelope(raw: RawRecord) -> dict:  # type: ignore[type-arg]
