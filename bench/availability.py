@@ -24,14 +24,14 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.run import cli_main
 from bytewax.testing import TestingSource
+from flows.availability import availability, commitments
+from flows.orders import orders
+from state.sla import Slas
 
 from bench.canonicalize import _Count
 from erpsync.channels import load_channels
 from erpsync.runner import tune_gc
-from flows.availability import availability, commitments
-from flows.orders import orders
 from state.records import Emit
-from state.sla import Slas
 
 LOCATIONS = ("DC-EAST", "DC-WEST", "DC-CENTRAL")
 

@@ -25,13 +25,13 @@ from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.run import cli_main
 from bytewax.testing import TestingSource
+from flows.availability import commitments
+from flows.orders import orders, sla_clock
+from state.sla import Slas
 
 from erpsync.channels import load_channels
 from erpsync.runner import tune_gc
-from flows.availability import commitments
-from flows.orders import orders, sla_clock
 from state.records import Emit, RawRecord
-from state.sla import Slas
 
 CHANNELS = ("b2b-portal", "marketplace", "inside-sales")
 T0 = 1_800_000_000_000

@@ -154,8 +154,7 @@ def capture(settings: Settings, output: Path, *, settle_s: float = 15.0) -> dict
         records = list(_dump(settings, _topics(system), ours, settle_s))
         # and the transaction metadata (BEGIN/END) of the transactions those changes belong to
         ids = {(json.loads(r["payload"]).get("transaction") or {}).get("id") for r in records if r["payload"]}
-        records += _dump(settings, [f"{system}.transaction"],
-                         lambda t, k: k is not None and json.loads(k).get("id") in ids, 3.0)
+        records += _dump(settings, [f"{system}.transaction"], _transaction_of(ids), 3.0)
         (output / f"{system}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         counts[system] = len(records)
     beats = list(_dump(settings, ["__debezium-heartbeat.erp", "__debezium-heartbeat.wms"],
@@ -163,6 +162,12 @@ def capture(settings: Settings, output: Path, *, settle_s: float = 15.0) -> dict
     (output / "heartbeats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in beats))
     counts["heartbeats"] = len(beats)
     return counts
+
+
+def _transaction_of(ids: set[Any]) -> Any:
+    def wanted(topic: str, key: str | None) -> bool:
+        return key is not None and json.loads(key).get("id") in ids
+    return wanted
 
 
 def _topics(system: str) -> list[str]:

@@ -44,6 +44,9 @@ class _Logic(StatefulBatchLogic[RawRecord | Progress, Any, ReaderState]):
         self.channel = ""
 
     def on_batch(self, values: list[RawRecord | Progress]) -> tuple[Iterable[Any], bool]:
+        return self._batch(values)
+
+    def _batch(self, values: list[RawRecord | Progress]) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
         apply = self.reader.apply
         for item in values:
@@ -63,12 +66,32 @@ class _Logic(StatefulBatchLogic[RawRecord | Progress, Any, ReaderState]):
                     landed = ", ".join(sorted({o.topic if isinstance(o, Emit) else f"ignored: {o.reason}"
                                                for o in outcomes if isinstance(o, Emit | Ignored)}))
                     out.append(replayed_exception(item, landed or "nothing to apply"))
+        _count_read(values, out)
         if self.state is not None:
             out.extend(self.reader.flush(self.state, self.channel))
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> ReaderState:
         return ReaderState() if self.state is None else self.state.copy()
+
+
+def _count_read(values: list[RawRecord | Progress], out: list[Any]) -> None:
+    """erpsync.records of the read step, a batch at a time: in, out (canonical events, orders), dlq, ignored."""
+    records = sum(isinstance(v, RawRecord) for v in values)
+    if not records:
+        return
+    dlq = ignored = 0
+    for o in out:
+        if isinstance(o, DeadLetter):
+            dlq += 1
+        elif isinstance(o, Ignored):
+            ignored += 1
+    telemetry.count("read", "in", records)
+    telemetry.count("read", "out", len(out) - dlq - ignored)
+    if dlq:
+        telemetry.count("read", "dlq", dlq)
+    if ignored:
+        telemetry.count("read", "ignored", ignored)
 
 
 def read(raw: Stream[RawRecord | Progress], reader: PartitionReader) -> Stream[Any]:

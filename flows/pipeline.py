@@ -244,7 +244,6 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], topology: 
     raw: Stream[RawRecord | Progress] = source.trues  # type: ignore[assignment]
     unreadable: Stream[DeadLetter] = source.falses  # type: ignore[assignment]
     _count("input", "dlq", unreadable)
-    _count("read", "in", op.filter("records_only", raw, lambda r: isinstance(r, RawRecord)))
     read_out = read(raw, reader)
     marks: Stream[Mark] = op.filter("read_marks", read_out, lambda o: isinstance(o, Mark))
     consumed = op.filter("to_stages", read_out, lambda o: isinstance(o, ChannelOrder) or (
@@ -285,9 +284,6 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], topology: 
     # every dead letter is also an exception (replayable, see state.dead_letters)
     dead_letter_exceptions = op.map("dead_letter_exceptions", dead_letters, dead_letter_exception)
     all_emits = op.merge("all_emits", emits, dead_letter_exceptions)
-    _count("pipeline", "out", all_emits)
-    _count("pipeline", "dlq", dead_letters)
-    _count("pipeline", "ignored", ignored)
     sinks.emits("out_emits", all_emits)
     exceptions = op.filter("exceptions_only", all_emits, lambda e: e.schema == EXCEPTION_SCHEMA)
     op.flat_map_batch("count_exceptions", exceptions, _count_exceptions)

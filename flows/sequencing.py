@@ -21,6 +21,7 @@ keys over the key's bytes, modulo the worker count; ``tests/flow`` checks it aga
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
+from erpsync import telemetry
 from state.sequencer import Mark, SeqState, Sequencer, Stamped
 
 FENCE_PREFIX = "\U0010ffff\U0010ffff"  # sorts after any entity key (UTF-8 bytes F4 8F BF BF)
@@ -179,13 +181,17 @@ class _StepLogic(StatefulBatchLogic[Stamped, Any, Any]):
             if s.last:
                 self.state, closing = reducer.close(self.state, key, s.time)
                 outs.extend(closing)
+            # what one item causes is applied downstream as one transaction: its own, or the item itself
+            tx = s.tx if s.tx is not None else (self.step, key, s.time, s.order)
             for i, o in enumerate(outs):
                 targets = list(route(o, s.time))
                 if not targets:
                     out.append(o)
                     continue
                 order = (*s.order, i)
-                out.extend(Stamped(step, k, s.time, order, o, wake, s.tx) for step, k, wake in targets)
+                out.extend(Stamped(step, k, s.time, order, o, wake, tx) for step, k, wake in targets)
+        telemetry.count(self.step, "in", len(values))
+        telemetry.count(self.step, "out", len(out))
         return out, StatefulBatchLogic.DISCARD if self.state is None else StatefulBatchLogic.RETAIN
 
     def _fences(self, values: list[Stamped]) -> list[Mark]:

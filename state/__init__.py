@@ -1,14 +1,14 @@
-"""Pure domain logic: deterministic reducers ``apply(state, event) -> (state, outputs)``.
+"""Pure domain logic: deterministic reducers ``apply(state, key, item, time) -> (state, outputs)``.
 
 Nothing here imports bytewax or a client library, and nothing reads the clock: event time comes in
-with the events. That keeps every rule unit-testable with plain lists and the engine replaceable.
+with the items, in order (``state.sequencer``). That keeps every rule unit-testable with plain lists
+and the engine replaceable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from state.records import EXCEPTIONS_TOPIC, Emit
@@ -22,19 +22,6 @@ def newer(row: tuple[object, ...] | None, position: str) -> bool:
     Every reducer fences its rows this way: stale, duplicate and replayed events change nothing.
     """
     return row is None or position > str(row[0])
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """Event time of input `stream` (a raw topic partition) has reached `event_ms`: TTLs may expire."""
-
-    event_ms: int
-    stream: str = ""
-
-
-def to_second(event_ms: int) -> int:
-    """Intake TTLs run on event time at one-second resolution (see Reservations)."""
-    return event_ms - event_ms % 1000
 
 
 def exception_id(kind: str, entity: str, key: str) -> str:

@@ -52,11 +52,15 @@ def overdue(kind: str, entity: str, key: str, reason: str, due: int, cleared_ms:
             detail: dict[str, Any]) -> list[Any]:
     """A deadline that passed before its situation ended: the exception at its due time, resolved at the end.
 
-    The timer may have fired it already (same id, same time): the queue keeps one exception.
+    The timer fired it already if its minute's wake came before the end; else the disarm reaches the
+    timer first, and the exception is raised here.
     """
-    return [exception(kind, SEVERITY.get(kind, "warning"), entity, key, reason, {**detail, "due_ms": due}, due),
-            exception(kind, SEVERITY.get(kind, "warning"), entity, key, f"resolved: {reason}",
-                      {**detail, "due_ms": due, "cleared_ms": cleared_ms}, cleared_ms, state="resolved")]
+    severity = SEVERITY.get(kind, "warning")
+    out = [] if cleared_ms > due - due % BUCKET_MS + BUCKET_MS - 1 else [
+        exception(kind, severity, entity, key, reason, {**detail, "due_ms": due}, due)]
+    out.append(exception(kind, severity, entity, key, f"resolved: {reason}",
+                         {**detail, "due_ms": due, "cleared_ms": cleared_ms}, cleared_ms, state="resolved"))
+    return out
 
 
 @dataclass(slots=True)

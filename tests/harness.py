@@ -59,6 +59,8 @@ class World:
         self.gtid = 0
         self.txid = 500
         self._tx: tuple[str, int, list[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]]] | None = None
+        # every source transaction: (event time of its first record, system, [(table, before, after)])
+        self.log: list[tuple[int, str, list[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]]] = []
 
     # -- time
 
@@ -134,7 +136,7 @@ class World:
             tx_id = f"0-1-{self.gtid}"
         self._add(f"{system}.transaction", {"id": tx_id}, {"status": "BEGIN", "id": tx_id, "ts_ms": commit_ms,
                                                              "event_count": None, "data_collections": None}, time)
-        for i, (table, op, before, after) in enumerate(changes):
+        for i, (table, change, before, after) in enumerate(changes):
             if system == "erp":
                 self.lsn += 100
                 source = {"version": "3.6.1.Final", "connector": "postgresql", "name": "erp", "ts_ms": commit_ms,
@@ -150,14 +152,16 @@ class World:
             row = after if after is not None else before
             assert row is not None
             key = {k: row[k] for k in self._keys(table)}
-            envelope = {"before": before if op != "c" else None, "after": after, "source": source, "op": op,
+            envelope = {"before": before if change != "c" else None, "after": after, "source": source, "op": change,
                         "ts_ms": commit_ms + 3, "transaction": {"id": tx_id, "total_order": i + 1}}
             time += i % 2  # a transaction's records may reach Kafka a millisecond apart
             self._add(topic, key, envelope, time)
-            if op == "d":
+            if change == "d":
                 self._add(topic, key, None, time)  # the tombstone
         self._add(f"{system}.transaction", {"id": tx_id}, {"status": "END", "id": tx_id, "ts_ms": commit_ms,
                                                            "event_count": len(changes), "data_collections": []}, time)
+        self.log.append((commit_ms, system, [(table, before, after) for table, _, before, after in changes]))
+        self.now = max(self.now, time)
 
     def _add(self, topic: str, key: Any, value: Any, ts: int, partition: int = 0) -> None:
         records = self.partitions.setdefault(f"{topic}#{partition}", [])
@@ -210,7 +214,8 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
-def customer(customer_id: str, *, hold: bool = False, tax: str | None = "US-TX-AUSTIN", price_list: str = "PL-1") -> dict:
+def customer(customer_id: str, *, hold: bool = False, tax: str | None = "US-TX-AUSTIN",
+             price_list: str = "PL-1") -> dict:
     return {"customer_id": customer_id, "account_no": f"A-{customer_id}", "name": customer_id,
             "price_list_id": price_list, "credit_limit": "1000.00", "credit_hold": hold, "tax_jurisdiction": tax,
             "updated_at": "2026-11-16T00:00:00Z"}

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from erpsync import telemetry
 from erpsync.runner import replay
+from erpsync.settings import load_settings
 from schemas.registry import SchemaRegistry
 from state.records import Emit, RawRecord, event_ms_of
 
@@ -61,10 +62,10 @@ def test_counters_latency_and_traces_hold_the_right_counts(
         + json.dumps({"topic": "erp.erp.items", "partition": 0, "offset": 10**9, "key": "{}", "payload": "{oops"})
         + "\ngarbage\n")
     out = tmp_path / "out.jsonl"
-    counts = replay(registry, dump, out)
+    counts = replay(load_settings(), registry, dump, out)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
 
-    # what the canonicalize step must have counted, from what the replay wrote (no channel orders here)
+    # what the read step must have counted, from what the replay wrote (no channel orders here)
     expected = {
         "out": sum(1 for line in lines if line["topic"].startswith("canonical.")
                    or line["topic"] == "sync.exceptions" and line["value"]["kind"] == "sor_violation"),
@@ -74,10 +75,11 @@ def test_counters_latency_and_traces_hold_the_right_counts(
     assert expected["out"] and expected["dlq"] and expected["ignored"]
     records = {k: p.value - before_records.get(k, 0) for k, p in points(reader, "erpsync.records").items()}
     by = {(dict(k)["step"], dict(k)["outcome"]): v for k, v in records.items()}
-    assert by[("input", "in")] == len(captured) + 1 and by[("input", "dlq")] == 1  # the garbage line
-    assert by[("canonicalize", "in")] == len(captured) + 1
+    assert by[("input", "dlq")] == 1  # the garbage line
+    assert by[("read", "in")] == len(captured) + 1
     for outcome in ("out", "dlq", "ignored"):
-        assert by.get(("canonicalize", outcome), 0) == expected[outcome], outcome
+        assert by.get(("read", outcome), 0) == expected[outcome], outcome
+    assert by[("network", "in")] > 0 and by[("ats", "out")] > 0  # every keyed step counts what it handled
 
     # one latency sample per record written (the replay sink stands for the live sinks here)
     # (a record with no source time, like the exception of a dead letter without a timestamp, has no latency)

@@ -45,7 +45,7 @@ def test_changes_reach_canonical_topics_in_order(pipeline, settings, erp, wms, t
     dump = tmp_path / "dump.jsonl"
     dump_raw(settings, ["erp.erp.items", "wms.wms.inventory_balances"], {sku}, dump)
     out = tmp_path / "replay.jsonl"
-    replay(registry, dump, out)
+    replay(settings, registry, dump, out)
     replayed: dict[tuple[str, str], Any] = {}
     for line in out.read_text().splitlines():
         rec = json.loads(line)

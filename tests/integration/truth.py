@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import psycopg
@@ -14,9 +16,42 @@ import redis
 from erpsync.channels import load_channels
 from erpsync.settings import Settings
 from schemas.registry import SchemaRegistry, make_value_deserializer
-from tests.unit.test_ats_properties import CHANNELS, World, expected_ats
+from state.channels import Channel
 
 from .conftest import read_to_end
+
+CHANNELS = load_channels()
+
+
+@dataclass
+class World:
+    """The final source rows, as the ERP and the WMS hold them (the tests' own model)."""
+
+    balances: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)
+    items: dict[str, tuple[int, str]] = field(default_factory=dict)
+    orders: dict[int, tuple[str, str]] = field(default_factory=dict)  # status, ext id
+    lines: dict[tuple[int, int], tuple[str, int, str]] = field(default_factory=dict)
+    allocations: dict[int, tuple[int, int, int, str]] = field(default_factory=dict)  # order, line, qty, status
+
+
+def expected_ats(w: World, channel: Channel, sku: str) -> int:
+    """Spec section 5, written independently of the pipeline's state modules (no intakes pending)."""
+    item = w.items.get(sku)
+    if item is None or item[1] != "active":
+        return 0
+    free = sum(max(0, oh - al) + (tr if channel.include_in_transit else 0)
+               for (s, loc), (oh, al, tr) in w.balances.items()
+               if s == sku and (channel.locations is None or loc in channel.locations))
+    committed = 0
+    for (order_id, line_no), (line_sku, qty, status) in w.lines.items():
+        header = w.orders.get(order_id)
+        if line_sku == sku and status == "open" and header and header[0] in {"entered", "released", "on_hold",
+                                                                              "allocated"}:
+            allocated = sum(q for o, ln, q, s in w.allocations.values() if (o, ln) == (order_id, line_no)
+                            and s != "cancelled")
+            committed += max(0, qty - allocated)
+    network = free - item[0] - committed
+    return max(0, int(network * Fraction(str(channel.share)) // 1))
 
 
 def world_from_sources(settings: Settings, skus: list[str]) -> World:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +23,7 @@ from erpsync.simulate import (
     parse_intake_payload,
     split_cents,
 )
-from state.intake import Catalog, Customer, PriceLine, parse, validate
+from state.intake import Catalog, Customer, parse, validate
 
 START = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 CHANNELS = {c.id: c for c in load_channels()}
@@ -134,20 +134,24 @@ def test_a_price_mismatch_is_off_the_list_price_by_more_than_the_tolerance() -> 
         assert Decimal(line["unit_price"]) > 0
 
 
-def _intake_catalog(sc: Scenario) -> Catalog:
-    prices: dict[tuple[str, str], list[PriceLine]] = {}
+def _intake_catalog(sc: Scenario, day: date) -> Catalog:
+    """The customers, items and the prices valid on `day` (what the network step answers with)."""
+    prices: dict[tuple[str, str], tuple[date, Decimal]] = {}
     for p in sc.catalog.prices:
-        prices.setdefault((p.price_list_id, p.sku), []).append(PriceLine(p.unit_price, p.valid_from, p.valid_to))
+        if p.valid_from <= day and (p.valid_to is None or day <= p.valid_to):
+            best = prices.get((p.price_list_id, p.sku))
+            if best is None or p.valid_from > best[0]:
+                prices[(p.price_list_id, p.sku)] = (p.valid_from, p.unit_price)
     return Catalog(
         customers={c.customer_id: Customer(c.customer_id, c.price_list_id, c.credit_hold, c.tax_jurisdiction)
                    for c in sc.catalog.customers},
-        items={i.sku: i.status for i in sc.catalog.items}, prices=prices)
+        items={i.sku: i.status for i in sc.catalog.items}, prices={k: v for k, (_, v) in prices.items()})
 
 
 def test_each_order_fails_exactly_its_planned_rule_under_the_intake_rules() -> None:
     """Replays the submissions through the intake rules with ATS counting earlier accepted orders."""
     sc = scenario(seed=11, n=800, max_orders=800)
-    catalog = _intake_catalog(sc)
+    catalogs: dict[date, Catalog] = {}
     demand: Counter[str] = Counter()
     seen: set[str] = set()
     for plan in Scenario.submissions(list(sc.plans.values())):
@@ -156,12 +160,13 @@ def test_each_order_fails_exactly_its_planned_rule_under_the_intake_rules() -> N
             continue
         seen.add(plan.key)
         channel = CHANNELS[plan.doc["channel"]]
+        order = parse(json.dumps(plan.doc).encode())
+        day = date(1970, 1, 1) + timedelta(days=order.day)
+        catalog = catalogs.setdefault(day, _intake_catalog(sc, day))
         for item in sc.catalog.items:
             network = (sc.catalog.on_hand(item.sku, channel) - item.safety_stock - demand[item.sku])
-            ats = max(0, int(network * channel.share_exact)) if item.status == "active" else 0
-            catalog.ats[(channel.id, item.sku)] = ats
-        order = parse(json.dumps(plan.doc).encode())
-        assert order is not None
+            catalog.ats[(channel.id, item.sku)] = max(0, int(network * channel.share_exact)) \
+                if item.status == "active" else 0
         reasons = validate(order, channel, catalog)
         assert reasons == ([] if plan.accepted else [plan.fault]), plan.key
         if not reasons:
