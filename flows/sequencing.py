@@ -21,7 +21,6 @@ keys over the key's bytes, modulo the worker count; ``tests/flow`` checks it aga
 
 from __future__ import annotations
 
-import logging
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
