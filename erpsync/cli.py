@@ -15,8 +15,8 @@ from erpsync.settings import Settings, load_settings
 from erpsync.stack.components import all_components, load_connector_configs
 from erpsync.stack.connect import ConnectClient
 from erpsync.stack.process import tail
-from schemas.compat import check_directory
-from schemas.registry import RELEASED_DIR, SCHEMA_DIR, SchemaRegistry
+from schemas.compat import check_directory, release
+from schemas.registry import RELEASED_DIR, SCHEMA_DIR, SchemaRegistry, released_versions
 
 log = logging.getLogger("erpsync")
 
@@ -103,12 +103,28 @@ def _capture_fixtures(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _schemas_check(settings: Settings, args: argparse.Namespace) -> int:
-    problems = check_directory(SCHEMA_DIR, RELEASED_DIR)
+    try:
+        problems = check_directory(args.schemas, args.released)
+    except (ValueError, OSError) as exc:
+        print(f"erpsync schemas check: {exc}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(f"incompatible: {problem}")
-    print("schemas: " + ("backward compatible with the last release" if not problems else
-                         f"{len(problems)} incompatible change(s)"))
+    releases = released_versions(args.released)
+    against = f"release {releases[-1][0]} (history {', '.join(v for v, _ in releases)})" if releases else "no release"
+    print(f"schemas: compatible with {against}, each in its declared mode" if not problems else
+          f"schemas: {len(problems)} incompatible change(s) against {against}")
     return 1 if problems else 0
+
+
+def _schemas_release(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        label = release(args.schemas, args.released)
+    except (ValueError, OSError) as exc:
+        print(f"erpsync schemas release: {exc}", file=sys.stderr)
+        return 1
+    print(f"schemas: released {args.schemas} as {args.released / label}; commit it")
+    return 0
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -270,8 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_simulate)
     sc = sub.add_parser("schemas", help="the Avro contract")
     sc_sub = sc.add_subparsers(dest="action", required=True)
-    sc_sub.add_parser("check", help="fail when a schema is not backward compatible with the last release"
-                      ).set_defaults(func=_schemas_check)
+    for action, func, text in (
+        ("check", _schemas_check, "fail when a schema breaks its compatibility mode against the released history"),
+        ("release", _schemas_release, "check, then copy the current schemas into the next released/vN"),
+    ):
+        sp = sc_sub.add_parser(action, help=text)
+        sp.add_argument("--schemas", type=Path, default=SCHEMA_DIR, help="schema directory (default: the contract)")
+        sp.add_argument("--released", type=Path, default=RELEASED_DIR, help="release history (default: the package's)")
+        sp.set_defaults(func=func)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The Avro contract, its single-object / Confluent serde and the backward-compatibility check."""
+"""The Avro contract and its single-object / Confluent serde (evolution rules: test_schema_evolution.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.compat import check_backward_compatible, check_directory
 from schemas.registry import (
-    RELEASED_DIR,
     SCHEMA_DIR,
     SchemaRegistry,
     make_value_deserializer,
@@ -490,130 +488,6 @@ def test_missing_schema_registry_extras_fail_clearly(
     serialize = make_value_serializer(registry, "http://registry:8081")
     with pytest.raises(RuntimeError, match=r"confluent-kafka\[avro,schemaregistry\]"):
         serialize("availability.x", "io.erpsync.Availability", OUTPUT_RECORDS["io.erpsync.Availability"])
-
-
-# ------------------------------------------------------------------ compatibility rules
-
-
-def rec(*fields: dict[str, Any], name: str = "R") -> dict[str, Any]:
-    return {"type": "record", "name": name, "namespace": "t", "fields": list(fields)}
-
-
-def f(name: str, type_: Any, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "type": type_, **extra}
-
-
-def enum(*symbols: str, name: str = "E", **extra: Any) -> dict[str, Any]:
-    return {"type": "enum", "name": name, "symbols": list(symbols), **extra}
-
-
-INNER = {"type": "record", "name": "Inner", "fields": [f("x", "int")]}
-INNER_PLUS_REQUIRED = {"type": "record", "name": "Inner", "fields": [f("x", "int"), f("y", "int")]}
-INNER_PLUS_DEFAULT = {"type": "record", "name": "Inner", "fields": [f("x", "int"), f("y", "int", default=0)]}
-LIST_NODE = {
-    "type": "record", "name": "Node", "fields": [f("v", "int"), f("next", ["null", "Node"], default=None)]
-}
-
-# (id, old, new, None if compatible else a fragment of the expected problem)
-COMPAT_CASES: list[tuple[str, dict[str, Any], dict[str, Any], str | None]] = [
-    ("identical", rec(f("a", "int")), rec(f("a", "int")), None),
-    ("field added with default", rec(f("a", "int")),
-     rec(f("a", "int"), f("b", ["null", "string"], default=None)), None),
-    ("field added without default", rec(f("a", "int")), rec(f("a", "int"), f("b", "string")),
-     "R.b: field added without a default"),
-    ("field removed", rec(f("a", "int"), f("b", "string")), rec(f("a", "int")), None),
-    ("field renamed with alias", rec(f("a", "int")), rec(f("z", "int", aliases=["a"])), None),
-    ("field renamed without alias", rec(f("a", "int")), rec(f("z", "int")),
-     "t.R.z: field added without a default"),
-    ("int to long", rec(f("a", "int")), rec(f("a", "long")), None),
-    ("long to int", rec(f("a", "long")), rec(f("a", "int")), "t.R.a: type changed from long to int"),
-    ("float to double", rec(f("a", "float")), rec(f("a", "double")), None),
-    ("double to float", rec(f("a", "double")), rec(f("a", "float")), "type changed from double to float"),
-    ("string to bytes", rec(f("a", "string")), rec(f("a", "bytes")), None),
-    ("string to int", rec(f("a", "string")), rec(f("a", "int")), "type changed from string to int"),
-    ("wrapped primitive", rec(f("a", {"type": "int"})), rec(f("a", "long")), None),
-    ("enum symbol added", rec(f("e", enum("a", "b"))), rec(f("e", enum("a", "b", "c"))), None),
-    ("enum symbol removed", rec(f("e", enum("a", "b"))), rec(f("e", enum("a"))), "symbols ['b'] removed"),
-    ("enum symbol removed, enum default", rec(f("e", enum("a", "b"))), rec(f("e", enum("a", default="a"))),
-     None),
-    ("enum renamed", rec(f("e", enum("a"))), rec(f("e", enum("a", name="F"))),
-     "t.R.e: enum renamed from t.E to t.F"),
-    ("union widened", rec(f("a", "string")), rec(f("a", ["null", "string"], default=None)), None),
-    ("union narrowed to its branch", rec(f("a", ["null", "string"])), rec(f("a", "string")),
-     "R.a<null>: type changed from null to string"),
-    ("union branch removed", rec(f("a", ["null", "int", "string"])), rec(f("a", ["null", "int"])),
-     "R.a<string>: writer type string matches no branch"),
-    ("union branch promoted", rec(f("a", ["null", "int"])), rec(f("a", ["null", "long"])), None),
-    ("array items promoted", rec(f("a", {"type": "array", "items": "int"})),
-     rec(f("a", {"type": "array", "items": "long"})), None),
-    ("array items narrowed", rec(f("a", {"type": "array", "items": "long"})),
-     rec(f("a", {"type": "array", "items": "int"})), "R.a[]: type changed from long to int"),
-    ("map values string to bytes", rec(f("m", {"type": "map", "values": "string"})),
-     rec(f("m", {"type": "map", "values": "bytes"})), None),
-    ("map values string to int", rec(f("m", {"type": "map", "values": "string"})),
-     rec(f("m", {"type": "map", "values": "int"})), "R.m{}: type changed from string to int"),
-    ("named reference, field with default", rec(f("a", INNER), f("b", "Inner")),
-     rec(f("a", INNER_PLUS_DEFAULT), f("b", "t.Inner")), None),
-    ("named reference, field without default", rec(f("a", INNER), f("b", "Inner")),
-     rec(f("a", INNER_PLUS_REQUIRED), f("b", "t.Inner")), "R.a.y: field added without a default"),
-    ("recursive type", rec(f("head", LIST_NODE)), rec(f("head", LIST_NODE)), None),
-    ("logical type kept", rec(f("t", {"type": "long", "logicalType": "timestamp-micros"})),
-     rec(f("t", ["null", {"type": "long", "logicalType": "timestamp-micros"}], default=None)), None),
-    ("logical type changed", rec(f("t", {"type": "long", "logicalType": "timestamp-micros"})),
-     rec(f("t", {"type": "long", "logicalType": "timestamp-millis"})), "logical type changed"),
-    ("logical type added", rec(f("t", "long")),
-     rec(f("t", {"type": "long", "logicalType": "timestamp-micros"})),
-     "t.R.t: logical type changed from none to timestamp-micros"),
-    ("fixed size kept", rec(f("x", {"type": "fixed", "name": "X", "size": 4})),
-     rec(f("x", {"type": "fixed", "name": "X", "size": 4})), None),
-    ("fixed size changed", rec(f("x", {"type": "fixed", "name": "X", "size": 4})),
-     rec(f("x", {"type": "fixed", "name": "X", "size": 8})), "fixed size changed from 4 to 8"),
-    ("record renamed", rec(f("a", "int")), rec(f("a", "int"), name="S"), "record renamed from t.R to t.S"),
-    ("record renamed with alias", rec(f("a", "int")), {**rec(f("a", "int"), name="S"), "aliases": ["R"]},
-     None),
-]
-
-
-@pytest.mark.parametrize(
-    ("old", "new", "problem"), [c[1:] for c in COMPAT_CASES], ids=[c[0] for c in COMPAT_CASES]
-)
-def test_backward_compatibility_rules(old: dict[str, Any], new: dict[str, Any], problem: str | None) -> None:
-    fastavro.parse_schema(old, named_schemas={})  # the cases themselves are valid Avro
-    fastavro.parse_schema(new, named_schemas={})
-    problems = check_backward_compatible(old, new)
-    if problem is None:
-        assert problems == []
-    else:
-        assert len(problems) == 1 and problem in problems[0], problems
-
-
-def test_the_repository_schemas_are_compatible_with_the_released_ones() -> None:
-    assert check_directory(SCHEMA_DIR, RELEASED_DIR) == []
-
-
-def test_check_directory_catches_incompatible_edits(tmp_path: Path) -> None:
-    current = tmp_path / "avro"
-    shutil.copytree(SCHEMA_DIR, current)
-    assert check_directory(current, SCHEMA_DIR) == []
-
-    order_status = json.loads((current / "order_status.avsc").read_text())
-    order_status["fields"][3]["type"]["symbols"].remove("rejected")
-    (current / "order_status.avsc").write_text(json.dumps(order_status))
-    common = json.loads((current / "common.avsc").read_text())
-    common[1]["fields"].append({"name": "lsn", "type": "long", "doc": "new, required"})
-    (current / "common.avsc").write_text(json.dumps(common))
-    (current / "return.avsc").unlink()
-
-    problems = check_directory(current, SCHEMA_DIR)
-    removed = "io.erpsync.OrderStatus.status: enum symbols ['rejected'] removed and the enum has no default"
-    assert removed in problems
-    assert f"io.erpsync.canonical.Return: released schema removed from {current}" in problems
-    # The shared Source record changed under every remaining canonical entity and under SyncException.
-    source_problems = sorted(p for p in problems if "source" in p)
-    expected = [f"io.erpsync.canonical.{ENTITIES[e][0]}.source.lsn" for e in ENTITIES if e != "return"]
-    expected.append("io.erpsync.SyncException.source<Source>.lsn")
-    assert source_problems == sorted(f"{path}: field added without a default" for path in expected)
-    assert len(problems) == 2 + len(source_problems)
 
 
 # ------------------------------------------------------------------ property: random records roundtrip
