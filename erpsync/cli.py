@@ -44,6 +44,8 @@ def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
                   f"{row['endpoint']:<24} log={row['log']}")
             for name, st in row.get("connectors", {}).items():
                 print(f"  connector {name}: {st['connector']}, tasks {', '.join(st['tasks']) or 'none'}")
+            if "subjects" in row:
+                print(f"  subjects registered: {row['subjects']}")
             for slot, lag in row.get("replication_slots", {}).items():
                 print(f"  replication slot {slot}: lag {lag if lag is not None else '?'} bytes")
     return 0 if all(r["state"] == "healthy" for r in rows) else 1
@@ -124,6 +126,28 @@ def _schemas_release(settings: Settings, args: argparse.Namespace) -> int:
         print(f"erpsync schemas release: {exc}", file=sys.stderr)
         return 1
     print(f"schemas: released {args.schemas} as {args.released / label}; commit it")
+    return 0
+
+
+def _schemas_register(settings: Settings, args: argparse.Namespace) -> int:
+    from confluent_kafka.schema_registry.error import SchemaRegistryError  # noqa: PLC0415
+
+    from erpsync.channels import load_channels  # noqa: PLC0415
+    from erpsync.subjects import register  # noqa: PLC0415
+
+    url = args.url or settings.kafka.schema_registry_url
+    if not url:
+        print("erpsync schemas register: no registry URL (--url or ERPSYNC_KAFKA__SCHEMA_REGISTRY_URL)",
+              file=sys.stderr)
+        return 2
+    try:
+        ids = register(url, SchemaRegistry.load(), load_channels())
+    except (SchemaRegistryError, OSError, ValueError) as exc:
+        print(f"erpsync schemas register: {url}: {exc}", file=sys.stderr)
+        return 1
+    for subject, schema_id in ids.items():
+        print(f"{subject}: id {schema_id}")
+    print(f"schemas: {len(ids)} subjects registered at {url}")
     return 0
 
 
@@ -226,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_stack_status)
     lg = stack_sub.add_parser("logs", help="the last lines of each component's log")
-    lg.add_argument("component", nargs="?", choices=["redis", "postgres", "mariadb", "kafka", "connect"])
+    lg.add_argument("component", nargs="?", choices=["redis", "postgres", "mariadb", "kafka", "connect", "registry"])
     lg.add_argument("-n", "--lines", type=int, default=40)
     lg.set_defaults(func=_stack_logs)
 
@@ -294,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--schemas", type=Path, default=SCHEMA_DIR, help="schema directory (default: the contract)")
         sp.add_argument("--released", type=Path, default=RELEASED_DIR, help="release history (default: the package's)")
         sp.set_defaults(func=func)
+    rg = sc_sub.add_parser("register", help="register every schema under its topic's subject (<topic>-value) "
+                           "with its compatibility mode; idempotent")
+    rg.add_argument("--url", help="Confluent-compatible registry API (default: ERPSYNC_KAFKA__SCHEMA_REGISTRY_URL)")
+    rg.set_defaults(func=_schemas_register)
     return parser
 
 

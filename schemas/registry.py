@@ -307,6 +307,11 @@ def _entity_schema(schema: RecordSchema) -> EntitySchema | None:
 # ------------------------------------------------------------------ serializers for Kafka values
 
 
+def schema_text(registry: SchemaRegistry, fullname: str) -> str:
+    """A schema as registered in a schema registry: its self-contained definition, docs included."""
+    return json.dumps(registry.schema(fullname).definition)
+
+
 def make_value_serializer(registry: SchemaRegistry, schema_registry_url: str | None) -> ValueSerializer:
     """Serializer for Kafka record values: single-object encoding, or Confluent framing with a URL."""
     if schema_registry_url:
@@ -364,7 +369,7 @@ class _ConfluentSerde:
         serializer = self._serializers.get((topic, fullname))
         if serializer is None:
             _, serializer_class = _schema_registry_api()
-            schema_str = json.dumps(self._registry.schema(fullname).definition)
+            schema_str = schema_text(self._registry, fullname)
             serializer = serializer_class(self._registry_client(), schema_str)
             self._serializers[(topic, fullname)] = serializer
         data: bytes = serializer(record, SerializationContext(topic, MessageField.VALUE))
