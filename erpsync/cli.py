@@ -151,6 +151,58 @@ def _schemas_register(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _mappings_check(settings: Settings, args: argparse.Namespace) -> int:
+    from erpsync.mappings import connector_systems, live_catalog  # noqa: PLC0415
+    from erpsync.stack.components import REFERENCE_DIR  # noqa: PLC0415
+    from schemas.mapping import MAPPINGS_DIR  # noqa: PLC0415
+    from schemas.mapping_check import check_static, check_tables, reference_catalog  # noqa: PLC0415
+
+    directory = args.mappings or settings.flows.mappings_dir or MAPPINGS_DIR
+    for what, path in (("mappings", directory), ("schemas", args.schemas)):
+        if not path.is_dir():
+            print(f"erpsync mappings check: no {what} directory {path}", file=sys.stderr)
+            return 2
+    try:
+        registry = SchemaRegistry.load(args.schemas, released=None)
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"erpsync mappings check: the schemas in {args.schemas}: {exc}", file=sys.stderr)
+        return 2
+    connectors = connector_systems()
+    problems = check_static(registry, directory, set(connectors) if connectors is not None else None)
+    if args.live:
+        systems = {m.get("system") for m in _mapping_docs(directory)} - {None}
+        catalog = live_catalog(settings, [str(s) for s in systems])
+    else:
+        paths = [p for ref in (args.reference or [REFERENCE_DIR])
+                 for p in (sorted(ref.glob("*.sql")) if ref.is_dir() else [ref])]
+        if not paths or not all(p.is_file() for p in paths):
+            print(f"erpsync mappings check: no DDL files in {args.reference or [REFERENCE_DIR]}; "
+                  "pass --reference FILE_OR_DIR or --live", file=sys.stderr)
+            return 2
+        catalog = reference_catalog(paths)
+    problems += check_tables(registry, directory, catalog)
+    for problem in problems:
+        print(f"{directory / problem.file}: {problem.key}: {problem.message}")
+    files = len([p for p in directory.glob("*.toml")])
+    print(f"mappings: {files} files in {directory} checked against {args.schemas} and {catalog.source}: "
+          + ("ok" if not problems else f"{len(problems)} problem(s)"))
+    if catalog.missing:
+        return 3  # a live system could not be read: not the mappings' fault
+    return 1 if problems else 0
+
+
+def _mapping_docs(directory: Path) -> list[dict[str, object]]:
+    import tomllib  # noqa: PLC0415
+
+    docs = []
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            docs.append(tomllib.loads(path.read_text()))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            continue  # reported by the check
+    return docs
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from erpsync.demo import run_demo  # noqa: PLC0415
 
@@ -322,6 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
                            "with its compatibility mode; idempotent")
     rg.add_argument("--url", help="Confluent-compatible registry API (default: ERPSYNC_KAFKA__SCHEMA_REGISTRY_URL)")
     rg.set_defaults(func=_schemas_register)
+    mp = sub.add_parser("mappings", help="the source-table mappings")
+    mp_sub = mp.add_subparsers(dest="action", required=True)
+    mc = mp_sub.add_parser("check", help="validate every mapping: keys, owner, fields and types against the Avro "
+                           "schemas, source tables and columns against DDL (or --live); exit 1 on a problem")
+    mc.add_argument("--mappings", type=Path, help="mapping directory (default: ERPSYNC_FLOWS__MAPPINGS_DIR or the "
+                    "packaged mappings)")
+    mc.add_argument("--schemas", type=Path, default=SCHEMA_DIR, help="schema directory (default: the contract)")
+    mc.add_argument("--reference", type=Path, action="append", help="DDL file or directory of *.sql (repeatable; "
+                    "default: reference/)")
+    mc.add_argument("--live", action="store_true", help="check the source tables in the live databases' "
+                    "information_schema (as each system's capture login) instead of DDL")
+    mc.set_defaults(func=_mappings_check)
     return parser
 
 
