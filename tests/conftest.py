@@ -36,10 +36,18 @@ def load_dump(name: str) -> list[RawRecord]:
     return out
 
 
+def all_dumps() -> list[RawRecord]:
+    """Every fixture file: the captured ERP, WMS and heartbeat dumps, and any other *.jsonl there (a new
+    table's hand-written envelopes, see schemas/mappings/README.md)."""
+    captured = ["erp.jsonl", "wms.jsonl", "heartbeats.jsonl"]
+    others = sorted(p.name for p in FIXTURES.glob("*.jsonl") if p.name not in captured)
+    return [r for name in [*captured, *others] for r in load_dump(name)]
+
+
 @pytest.fixture(scope="session")
 def captured() -> list[RawRecord]:
-    """Every captured record: ERP, WMS and heartbeats."""
-    return load_dump("erp.jsonl") + load_dump("wms.jsonl") + load_dump("heartbeats.jsonl")
+    """Every fixture record: ERP, WMS, heartbeats and the hand-written ones."""
+    return all_dumps()
 
 
 def envelope(raw: RawRecord) -> dict:  # type: ignore[type-arg]

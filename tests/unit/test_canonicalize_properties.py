@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from schemas.registry import SchemaRegistry
 from state.changes import Canonicalizer
 from state.records import DeadLetter, Emit, Ignored, RawRecord
-from tests.conftest import load_dump
+from tests.conftest import all_dumps
 
-CAPTURED = load_dump("erp.jsonl") + load_dump("wms.jsonl") + load_dump("heartbeats.jsonl")
+CAPTURED = all_dumps()
 JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
 
 
