@@ -59,10 +59,24 @@ def test_the_example_passes_the_check_and_a_mistake_in_it_does_not(project: Path
                                              "decimal(12, 2): its scale is 2: use decimal:2")
 
 
+def with_a_bad_row(fixture: Path, target: Path) -> Path:
+    """The example's envelopes plus a create of SUP-3 with a negative lead time, as the README shows."""
+    lines = fixture.read_text().splitlines()
+    create = json.loads(lines[1])
+    payload = json.loads(create["payload"])
+    assert payload["op"] == "c"
+    payload["after"] |= {"supplier_id": "SUP-3", "name": "Bad Data Ltd", "lead_time_days": -3}
+    payload["source"] |= {"lsn": payload["source"]["lsn"] + 10, "sequence": "[null,\"40005000\"]"}
+    bad = create | {"offset": len(lines), "key": '{"supplier_id":"SUP-3"}', "payload": json.dumps(payload)}
+    target.write_text("\n".join([*lines, json.dumps(bad)]) + "\n")
+    return target
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_example_replays_through_the_pipeline(project: Path, workers: int) -> None:
     out = project / "out.jsonl"
-    counts = runner.replay(SchemaRegistry.load(project / "avro"), EXAMPLE / "erp.suppliers.jsonl", out,
+    dump = with_a_bad_row(EXAMPLE / "erp.suppliers.jsonl", project / "dump.jsonl")
+    counts = runner.replay(SchemaRegistry.load(project / "avro"), dump, out,
                            workers=workers, mappings_dir=project / "mappings")
     assert counts["canonical.supplier"] == 4 and counts["sync.dlq"] == 1 and counts["ignored:tombstone"] == 1
     records = [json.loads(line) for line in out.read_text().splitlines()]
