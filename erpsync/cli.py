@@ -45,7 +45,7 @@ def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
             for name, st in row.get("connectors", {}).items():
                 print(f"  connector {name}: {st['connector']}, tasks {', '.join(st['tasks']) or 'none'}")
             if "subjects" in row:
-                print(f"  subjects registered: {row['subjects']}")
+                print(f"  subjects registered: {row['subjects'] if row['subjects'] is not None else '?'}")
             for slot, lag in row.get("replication_slots", {}).items():
                 print(f"  replication slot {slot}: lag {lag if lag is not None else '?'} bytes")
     return 0 if all(r["state"] == "healthy" for r in rows) else 1

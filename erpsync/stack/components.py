@@ -644,8 +644,11 @@ class SchemaRegistryServer(Component):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         if info["state"] == "healthy":
-            with urllib.request.urlopen(f"{self.endpoint}/subjects", timeout=3) as resp:  # noqa: S310
-                info["subjects"] = len(json.load(resp))
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/subjects", timeout=3) as resp:  # noqa: S310
+                    info["subjects"] = len(json.load(resp))
+            except (OSError, ValueError):
+                info["subjects"] = None
         return info
 
 
