@@ -198,8 +198,8 @@ def test_cli_check(tmp_path: Path) -> None:
     assert bad.stdout.splitlines() == [
         f"{directory / 'erp.items.toml'}: table: no table erp.itmes in the reference schemas (erp.postgres.sql, "
         "wms.mysql.sql) (did you mean erp.items?)",
-        f"mappings: {files} files in {directory} checked against {SCHEMA_DIR} and the reference schemas (erp.postgres.sql, "
-        "wms.mysql.sql): 1 problem(s)",
+        f"mappings: {files} files in {directory} checked against {SCHEMA_DIR} and the reference schemas "
+        "(erp.postgres.sql, wms.mysql.sql): 1 problem(s)",
     ]
     usage = erpsync("mappings", "check", "--mappings", str(tmp_path / "nowhere"))
     assert usage.returncode == 2 and usage.stderr.strip().endswith(f"no mappings directory {tmp_path / 'nowhere'}")
