@@ -19,7 +19,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from erpsync import telemetry
 from schemas.registry import SchemaRegistry
-from state.records import DLQ_TOPIC, DeadLetter, Emit, Ignored, Outcome, RawRecord, event_ms_of
+from state.records import DLQ_TOPIC, DeadLetter, Emit, Ignored, Outcome, Progress, RawRecord, event_ms_of
 
 _BATCH = 2000
 
@@ -29,35 +29,54 @@ def parse_dump_line(line: bytes, line_no: int, path: str) -> RawRecord | DeadLet
     try:
         doc = json.loads(line.decode())
         key, payload = doc.get("key"), doc.get("payload")
+        topic, partition = str(doc["topic"]), int(doc.get("partition", 0))
         return RawRecord(
-            str(doc["topic"]), int(doc.get("partition", 0)), int(doc["offset"]),
+            topic, partition, int(doc["offset"]),
             None if key is None else key.encode(),
             None if payload is None else payload.encode(),
             int(doc.get("ts") or 0),
+            channel=f"{topic}#{partition}",
         )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # UnicodeDecodeError is a ValueError
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # UnicodeDecodeError: ValueError
         raw = RawRecord(f"replay:{path}", 0, line_no, None, line.rstrip(b"\n"))
         return DeadLetter(raw, f"malformed dump line {line_no}: {exc!r}", "replay-input")
 
 
-class _DumpPartition(StatefulSourcePartition[RawRecord | DeadLetter, int]):
-    def __init__(self, path: Path, resume: int | None) -> None:
+def dump_channels(path: Path) -> list[str]:
+    """Every "<topic>#<partition>" a dump holds records of (the channels a replay waits for)."""
+    channels: set[str] = set()
+    with path.open("rb") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                rec = parse_dump_line(line, n, str(path))
+                if isinstance(rec, RawRecord):
+                    channels.add(rec.read_from)
+    return sorted(channels)
+
+
+class _DumpPartition(StatefulSourcePartition[RawRecord | DeadLetter | Progress, int]):
+    def __init__(self, path: Path, channels: list[str], resume: int | None) -> None:
         self.path = str(path)
+        self.channels = channels
         self.fh: IO[bytes] = path.open("rb")
         self.line_no = 0
+        self.ended = False
         for _ in range(resume or 0):  # resume after the lines already read
             self.fh.readline()
             self.line_no += 1
 
-    def next_batch(self) -> list[RawRecord | DeadLetter]:
-        lines = [line for line in (self.fh.readline() for _ in range(_BATCH)) if line]
-        if not lines:
+    def next_batch(self) -> list[RawRecord | DeadLetter | Progress]:
+        if self.ended:
             raise StopIteration
-        out = []
+        lines = [line for line in (self.fh.readline() for _ in range(_BATCH)) if line]
+        out: list[RawRecord | DeadLetter | Progress] = []
         for line in lines:
             self.line_no += 1
             if line.strip():
                 out.append(parse_dump_line(line, self.line_no, self.path))
+        if not lines:  # the end of the input is the end of every channel: event time may run out
+            self.ended = True
+            out.extend(Progress(channel, None) for channel in self.channels)
         return out
 
     def snapshot(self) -> int:
@@ -67,17 +86,21 @@ class _DumpPartition(StatefulSourcePartition[RawRecord | DeadLetter, int]):
         self.fh.close()
 
 
-class DumpSource(FixedPartitionedSource[RawRecord | DeadLetter, int]):
-    """A kcat JSON dump, read in order (one partition: the dump is one ordered file)."""
+class DumpSource(FixedPartitionedSource[RawRecord | DeadLetter | Progress, int]):
+    """A kcat JSON dump, read in order (one partition: the dump is one ordered file).
 
-    def __init__(self, path: Path) -> None:
+    `channels`: every channel of the dump (``dump_channels``), each ended at the end of the file.
+    """
+
+    def __init__(self, path: Path, channels: list[str]) -> None:
         self.path = path
+        self.channels = channels
 
     def list_parts(self) -> list[str]:
         return ["dump"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DumpPartition:
-        return _DumpPartition(self.path, resume_state)
+        return _DumpPartition(self.path, self.channels, resume_state)
 
 
 def to_json(value: Any) -> Any:

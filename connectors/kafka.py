@@ -8,52 +8,125 @@ fenced by source position (or idempotent by key).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaError, KafkaSinkMessage, KafkaSourceMessage
-from bytewax.connectors.kafka import operators as kop
+from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from erpsync import telemetry
 from erpsync.settings import Settings
-from state.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, DeadLetter, Emit, RawRecord, event_ms_of
+from state.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, DeadLetter, Emit, Progress, RawRecord, event_ms_of
 
 log = logging.getLogger(__name__)
 
 Serializer = Callable[[str, str, dict[str, Any]], bytes]
 
 
-def raw_input(
-    flow: Dataflow, step_id: str, settings: Settings, topics: list[str]
-) -> tuple[Stream[RawRecord], Stream[DeadLetter]]:
-    """Read topics from the beginning (or the recovered offsets); consumer errors become DLQ records."""
-    out = kop.input(step_id, flow, brokers=[settings.kafka.bootstrap_servers], topics=topics, tail=True,
-                    batch_size=2000)
-    oks = op.map(f"{step_id}_raw", out.oks, _to_raw)
-    errs = op.map(f"{step_id}_errors", out.errs, _error_to_dead_letter)
-    return oks, errs
+class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
+    """One topic partition: its records in order, and ``Progress`` while it has nothing more to read."""
+
+    def __init__(self, config: dict[str, Any], topic: str, partition: int, resume: int | None,
+                 batch_size: int, quiet_ms: int) -> None:
+        self.consumer = Consumer(config)
+        self.offset = OFFSET_BEGINNING if resume is None else resume
+        self.consumer.assign([TopicPartition(topic, partition, self.offset)])
+        self.topic, self.partition = topic, partition
+        self.channel = f"{topic}#{partition}"
+        self.batch_size = batch_size
+        self.quiet_ms = quiet_ms
+        self.at_end = False
+        self.told_ms = 0  # when Progress was last sent
+
+    def next_batch(self) -> list[RawRecord | Progress]:
+        out: list[RawRecord | Progress] = []
+        for msg in self.consumer.consume(self.batch_size, 0):
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self.at_end = True
+                else:
+                    log.warning("reading %s: %s", self.channel, err.str(), extra={"topic": self.topic})
+                continue
+            self.at_end = False
+            out.append(_to_raw(msg, self.channel))
+            self.offset = (msg.offset() or 0) + 1
+        if self.at_end:
+            now = int(time.time() * 1000)
+            if not out or now - self.told_ms >= self.quiet_ms:
+                out.append(Progress(self.channel, now))
+                self.told_ms = now
+        return out
+
+    def next_awake(self) -> datetime | None:
+        # Caught up: look again soon (the marks of a quiet partition keep event time moving).
+        return datetime.now(UTC) + timedelta(milliseconds=self.quiet_ms) if self.at_end else None
+
+    def snapshot(self) -> int:
+        return self.offset
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
-def _to_raw(msg: KafkaSourceMessage[bytes | None, bytes | None]) -> RawRecord:
-    ts = msg.timestamp[1] if msg.timestamp and msg.timestamp[0] else 0  # type 0: not available
-    telemetry.consumed(msg.topic or "", msg.partition or 0, msg.offset or 0)
-    if msg.topic == DLQ_REPLAY_TOPIC:  # a dead letter re-injected: it stands for the original record
+class RawSource(FixedPartitionedSource[RawRecord | Progress, int]):
+    """The raw topics, read from the beginning (or the recovered offsets), one bytewax partition each."""
+
+    def __init__(self, settings: Settings, partitions: dict[str, list[int]], batch_size: int = 2000,
+                 quiet_ms: int = 20) -> None:
+        self.config = {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": "erpsync-pipeline",  # offsets live in bytewax's recovery, not in the group
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 50,
+        }
+        self.partitions = partitions
+        self.batch_size = batch_size
+        self.quiet_ms = quiet_ms
+
+    def list_parts(self) -> list[str]:
+        return [f"{t}#{p}" for t, ps in sorted(self.partitions.items()) for p in ps]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _RawPartition:
+        topic, _, partition = for_part.rpartition("#")
+        return _RawPartition(dict(self.config), topic, int(partition), resume_state, self.batch_size, self.quiet_ms)
+
+
+def raw_input(flow: Dataflow, step_id: str, settings: Settings,
+              partitions: dict[str, list[int]]) -> Stream[RawRecord | Progress]:
+    """Read the partitions from the beginning (or the recovered offsets)."""
+    return op.input(step_id, flow, RawSource(settings, partitions))
+
+
+def _to_raw(msg: Any, channel: str) -> RawRecord:
+    kind, ts = msg.timestamp()
+    ts = ts if kind != TIMESTAMP_NOT_AVAILABLE else 0
+    topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+    telemetry.consumed(topic, partition, offset)
+    if topic == DLQ_REPLAY_TOPIC:  # a dead letter re-injected: it stands for the original record
         try:
-            h = {k: bytes(v or b"").decode() for k, v in msg.headers}
-            return RawRecord(h["topic"], int(h["partition"]), int(h["offset"]), msg.key, msg.value,
-                             int(h.get("ts") or ts), replayed=True)
+            h = {k: bytes(v or b"").decode() for k, v in msg.headers() or []}
+            return RawRecord(h["topic"], int(h["partition"]), int(h["offset"]), msg.key(), msg.value(), ts,
+                             replayed=True, channel=channel)
         except (KeyError, ValueError):  # (UnicodeDecodeError is a ValueError)
             pass  # not one of ours: processed as a record of the replay topic (no mapping -> DLQ)
-    return RawRecord(msg.topic or "", msg.partition or 0, msg.offset or 0, msg.key, msg.value, ts)
-
-
-def _error_to_dead_letter(err: KafkaError[bytes | None, bytes | None]) -> DeadLetter:
-    return DeadLetter(_to_raw(err.msg), f"kafka consumer error: {err.err}", "kafka-input")
+    return RawRecord(topic, partition, offset, msg.key(), msg.value(), ts, channel=channel)
 
 
 Message = KafkaSinkMessage[bytes | None, bytes | None]

@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 from erpsync import telemetry
 from erpsync.ops import MIGRATIONS_DIR
 from erpsync.settings import Settings
-from state.ats import POSITION_SYSTEMS
+from state.availability import POSITION_SYSTEMS
 from state.records import Emit, event_ms_of
 
 log = logging.getLogger(__name__)
@@ -64,15 +64,14 @@ ON CONFLICT (channel, sku) DO UPDATE SET
     pos_wms = excluded.pos_wms, pos_commerce = excluded.pos_commerce, pos_clock = excluded.pos_clock,
     version = excluded.version,
     event_time_ms = excluded.event_time_ms, published_at_ms = excluded.published_at_ms, written_at = now()
--- the same fence as Redis (connectors.redis): ERP and WMS positions, then the state version
-WHERE a.pos_erp <= excluded.pos_erp AND a.pos_wms <= excluded.pos_wms
-  AND ((a.pos_erp, a.pos_wms) <> (excluded.pos_erp, excluded.pos_wms) OR a.version < excluded.version)
+-- the same fence as Redis (connectors.redis): the state version only grows
+WHERE a.version < excluded.version
 """
 
 
 def availability_row(value: dict[str, Any]) -> dict[str, Any]:
     row = {k: v for k, v in value.items() if k != "positions"}
-    row.update({f"pos_{system}": value["positions"].get(system, "") for system in POSITION_SYSTEMS})
+    row.update({f"pos_{system}": value["positions"].get(system, "") for system in (*POSITION_SYSTEMS, "clock")})
     return row
 
 

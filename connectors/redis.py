@@ -1,12 +1,10 @@
 """Redis, what storefronts read: ``HGET ats:<channel> <sku>`` -> ATS as a base-10 integer string.
 
-Each write is one Lua script call, atomic, fenced by source position: the fence is the newest
-position per source system the value reflects plus the SKU state's version, kept beside it in
-``ats-pos:<channel>``. A value is written only if neither the ERP's nor the WMS's position went
-backwards and either one moved forward or the version grew (inputs at equal positions, e.g.
-snapshot reads, intake reservations, or read out of order across topics), so a replayed or
-redelivered update can never overwrite a newer one. The commerce and clock positions are stored for
-explanation but do not fence: they are not deterministic across a restart.
+Each write is one Lua script call, atomic, fenced by the value's ``version``: the number of inputs
+the SKU's availability state has applied. The pipeline applies every SKU's inputs in event-time
+order, so versions are the same in every run and only grow; a replayed, redelivered or re-read
+(fresh pipeline) update can never overwrite a newer value. The fence is kept beside the value in
+``ats-version:<channel>``.
 """
 
 from __future__ import annotations
@@ -18,42 +16,17 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from erpsync import telemetry
 from erpsync.settings import Settings
-from state.ats import POSITION_SYSTEMS
 from state.records import Emit
 
 FENCED_HSET = """
--- ARGV[3] is the fence: '<erp>|<wms>|<commerce>|<clock>|<version>' (positions fixed-width per system)
-local old = redis.call('HGET', KEYS[2], ARGV[1])
-if old then
-  local new_parts = {}
-  for part in string.gmatch(ARGV[3] .. '|', '([^|]*)|') do new_parts[#new_parts + 1] = part end
-  local old_parts = {}
-  for part in string.gmatch(old .. '|', '([^|]*)|') do old_parts[#old_parts + 1] = part end
-  local forward = false
-  -- only the source systems' positions (erp, wms) fence: they are deterministic. The commerce and
-  -- clock parts (the intake desk's sequence, the event second of a TTL release) are informational:
-  -- after a restart they may be assigned in another order, and must not freeze a SKU's value.
-  for i = 1, 2 do
-    local before = old_parts[i] or ''
-    if new_parts[i] < before then return 0 end
-    if new_parts[i] > before then forward = true end
-  end
-  -- the version is the last part; a fence written before versions existed counts as version 0
-  local new_version = tonumber(new_parts[#new_parts]) or 0
-  local old_version = tonumber(old_parts[#new_parts] or '') or 0
-  if not forward and new_version <= old_version then
-    return 0
-  end
+local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
+if tonumber(ARGV[3]) <= old then
+  return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 return 1
 """
-
-
-def fence(positions: dict[str, str], version: int) -> str:
-    """The fence string: positions of every system in a fixed order ('' for none yet), then the version."""
-    return "|".join([*(positions.get(system, "") for system in POSITION_SYSTEMS), str(version)])
 
 
 def client(settings: Settings) -> redis.Redis:
@@ -79,8 +52,8 @@ class _AtsPartition(StatelessSinkPartition[Emit]):
         pipe = self.conn.pipeline(transaction=False)
         for e in items:
             v = e.value
-            self.script(keys=[f"ats:{v['channel']}", f"ats-pos:{v['channel']}"],
-                        args=[v["sku"], str(v["ats"]), fence(v["positions"], v["version"])], client=pipe)
+            self.script(keys=[f"ats:{v['channel']}", f"ats-version:{v['channel']}"],
+                        args=[v["sku"], str(v["ats"]), str(v["version"])], client=pipe)
         pipe.execute()  # raises on any error: the batch is retried from the last snapshot
         telemetry.sink_latency("redis", "ats", (e.value["event_time_ms"] for e in items))
 

@@ -24,6 +24,12 @@ ALTER DEFAULT PRIVILEGES IN SCHEMA erp GRANT SELECT ON TABLES TO :"capture_user"
 GRANT SELECT, INSERT, UPDATE, DELETE ON erpsync_cdc.debezium_signal, erpsync_cdc.debezium_heartbeat
     TO :"capture_user";
 
+-- Every captured table logs whole old rows (REPLICA IDENTITY FULL): an update or delete then carries
+-- the row it changed, so a row that moves to another order or channel is retracted from its old one,
+-- and an unchanged TOASTed column comes with its value instead of a placeholder.
+SELECT format('ALTER TABLE %I.%I REPLICA IDENTITY FULL', schemaname, tablename)
+FROM pg_tables WHERE schemaname = 'erp' \gexec
+
 -- The publication is created here, by the owner, so the capture login needs no ownership.
 SELECT 'CREATE PUBLICATION erpsync_erp FOR TABLES IN SCHEMA erp, erpsync_cdc'
 WHERE NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'erpsync_erp') \gexec

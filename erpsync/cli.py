@@ -87,8 +87,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from erpsync import runner  # noqa: PLC0415
 
-    counts = runner.replay(SchemaRegistry.load(), args.input, args.output, workers=args.workers,
-                           slas=settings.flows.slas(), mappings_dir=settings.flows.mappings_dir)
+    counts = runner.replay(settings, SchemaRegistry.load(), args.input, args.output, workers=args.workers)
     produced = sum(n for k, n in counts.items() if not k.startswith("ignored:"))
     print(f"replay: {produced} records written to {args.output}")
     for name, n in sorted(counts.items()):

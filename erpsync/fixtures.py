@@ -2,7 +2,8 @@
 
 Runs a scripted set of ERP and WMS changes (every mapped table; create, update, delete, multi-row
 transactions, a TOASTed value left unchanged, incremental-snapshot reads), then dumps every raw
-record about those rows in kcat's JSON format (``kcat -C -J``), ordered as Kafka holds them.
+record about those rows, and the transaction metadata of their transactions, in kcat's JSON format
+(``kcat -C -J``), ordered as Kafka holds them.
 """
 
 from __future__ import annotations
@@ -151,6 +152,10 @@ def capture(settings: Settings, output: Path, *, settle_s: float = 15.0) -> dict
     counts: dict[str, int] = {}
     for system in ("erp", "wms"):
         records = list(_dump(settings, _topics(system), ours, settle_s))
+        # and the transaction metadata (BEGIN/END) of the transactions those changes belong to
+        ids = {(json.loads(r["payload"]).get("transaction") or {}).get("id") for r in records if r["payload"]}
+        records += _dump(settings, [f"{system}.transaction"],
+                         lambda t, k: k is not None and json.loads(k).get("id") in ids, 3.0)
         (output / f"{system}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         counts[system] = len(records)
     beats = list(_dump(settings, ["__debezium-heartbeat.erp", "__debezium-heartbeat.wms"],

@@ -19,7 +19,7 @@ from bytewax.run import cli_main
 
 from connectors import kafka, ops_db
 from connectors.erp_intake import IntakeWriter
-from connectors.files import DumpSource, ReplaySink
+from connectors.files import DumpSource, ReplaySink, dump_channels
 from connectors.kafka import Serializer
 from connectors.metrics import IgnoredCounter
 from connectors.ops_db import AvailabilitySink, ExceptionSink, OrderStatusSink
@@ -28,16 +28,14 @@ from erpsync import telemetry
 from erpsync.channels import load_channels
 from erpsync.settings import Settings
 from flows.canonicalize import make_canonicalizer
-from flows.orders import COMMERCE_ORDERS_TOPIC, VALIDATION_TOPICS
-from flows.pipeline import Sinks, Sources, build_flow, replay_sinks
+from flows.pipeline import COMMERCE_ORDERS_TOPIC, Sinks, Sources, Topology, build_flow, replay_sinks
 from schemas.mapping import MAPPINGS_DIR
 from schemas.mapping_check import refuse_invalid_mappings
 from schemas.registry import SchemaRegistry, make_value_serializer
-from state.changes import HEARTBEAT_PREFIX
+from state.changes import TRANSACTION_SUFFIX
 from state.channels import Channel
 from state.intake import ORDER_INTAKE_OUT_TOPIC
-from state.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, EXCEPTIONS_TOPIC, DeadLetter, Emit, RawRecord
-from state.sla import Slas
+from state.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, EXCEPTIONS_TOPIC, DeadLetter, Emit, Progress, RawRecord
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +50,29 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int = 1,
-           slas: Slas | None = None, mappings_dir: Path | None = None) -> Counter[str]:
+def topology(settings: Settings, channels: list[str], workers: int) -> Topology:
+    """The dataflow's shape: every input channel, workers, and the event-time settings."""
+    f = settings.flows
+    return Topology(channels, workers=workers, shards=f.shards, grace_ms=f.idle_grace_ms,
+                    business_zone=f.business_timezone)
+
+
+def replay(settings: Settings, registry: SchemaRegistry, source: Path, target: Path, *,
+           workers: int = 1) -> Counter[str]:
     """Run the production dataflow over a kcat dump; returns how many records went where."""
     sink = ReplaySink(target, registry)
     streams: list[Stream[object]] = []
+    channels = dump_channels(source)
 
-    def raw(flow: Dataflow) -> tuple[Stream[RawRecord], Stream[DeadLetter]]:
-        items = op.input("replay_input", flow, DumpSource(source))
-        readable = op.branch("replay_input_readable", items, lambda x: isinstance(x, RawRecord))
-        return readable.trues, readable.falses  # type: ignore[return-value]
+    def raw(flow: Dataflow) -> Stream[RawRecord | Progress | DeadLetter]:
+        return op.input("replay_input", flow, DumpSource(source, channels))
 
     def collect(step_id: str, stream: Stream[object]) -> None:
         streams.append(stream)
 
-    flow = build_flow(registry, load_channels(), sources=Sources(raw), sinks=replay_sinks(collect),
-                      slas=slas, live=False, canonicalizer=make_canonicalizer(registry, mappings_dir))
+    flow = build_flow(registry, load_channels(), topology(settings, channels, workers), sources=Sources(raw),
+                      sinks=replay_sinks(collect), slas=settings.flows.slas(),
+                      canonicalizer=make_canonicalizer(registry, settings.flows.mappings_dir))
     merged: Stream[object] = op.merge("replay_all", *streams)
     op.output("replay_output", op.key_on("replay_one_writer", merged, lambda _: "out"), sink)  # type: ignore[misc]
     tune_gc()
@@ -96,9 +101,10 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     channels = load_channels()
     canonicalizer = make_canonicalizer(registry, settings.flows.mappings_dir)
     mapped = canonicalizer.mappings.topics + sorted(canonicalizer.mappings.ignored_topics)
-    heartbeats = [f"{HEARTBEAT_PREFIX}.{system}" for system in
-                  sorted({m.system for m in canonicalizer.mappings.by_topic.values()})]
-    kafka.ensure_topics(settings, [*mapped, *heartbeats, COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC,
+    # Debezium's transaction metadata of each source system (keeps source transactions whole)
+    transactions = [f"{system}{TRANSACTION_SUFFIX}" for system in
+                    sorted({m.system for m in canonicalizer.mappings.by_topic.values()})]
+    kafka.ensure_topics(settings, [*mapped, *transactions, COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC,
                                    *(e.topic for e in registry.entities().values()), DLQ_TOPIC, EXCEPTIONS_TOPIC,
                                    ORDER_INTAKE_OUT_TOPIC])
     kafka.ensure_topics(settings, [*(c.topic for c in channels), *(c.order_status_topic for c in channels)],
@@ -107,7 +113,7 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     # shows up as dead letters ("no mapping for source table ..."), replayable once it has one.
     existing = kafka.topic_partitions(settings)
     prefixes = tuple({t.rsplit(".", 1)[0] + "." for t in canonicalizer.mappings.topics})  # "erp.erp.", "wms.wms."
-    topics = sorted({*mapped, *heartbeats, COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC,
+    topics = sorted({*mapped, *transactions, COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC,
                      *(t for t in existing if t.startswith(prefixes))})
     ops_db.migrate(settings)
     telemetry.setup(settings)
@@ -115,8 +121,10 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     kafka_off = {t for c in channels if not c.outputs.kafka for t in (c.topic, c.order_status_topic)}
     to_redis = {c.id for c in channels if c.outputs.redis}
 
-    def raw(flow: Dataflow) -> tuple[Stream[RawRecord], Stream[DeadLetter]]:
-        return kafka.raw_input(flow, "kafka_raw", settings, topics)
+    partitions = {t: existing.get(t, [0]) for t in topics}
+
+    def raw(flow: Dataflow) -> Stream[RawRecord | Progress | DeadLetter]:
+        return kafka.raw_input(flow, "kafka_raw", settings, partitions)
 
     def stores(step_id: str, stream: Stream[Emit]) -> None:
         redis_bound = op.filter(f"{step_id}_redis_channels", stream, lambda e: e.value["channel"] in to_redis)
@@ -134,12 +142,9 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
         order_status=lambda step_id, s: op.output(step_id, s, OrderStatusSink(settings)),
         exceptions=lambda step_id, s: op.output(step_id, s, ExceptionSink(settings)),
     )
-    # The tables intake validation reads: at a fresh start, intake waits for each (flows.orders).
-    validation = [topic for topic, m in canonicalizer.mappings.by_topic.items()
-                  if canonicalizer.entities[m.entity].topic in VALIDATION_TOPICS]
-    streams = [f"{t}#{p}" for t in sorted(validation) for p in existing.get(t, [])]
-    flow = build_flow(registry, channels, sources=Sources(raw), sinks=sinks, slas=settings.flows.slas(),
-                      canonicalizer=canonicalizer, streams=streams)
+    input_channels = [f"{t}#{p}" for t, ps in sorted(partitions.items()) for p in ps]
+    flow = build_flow(registry, channels, topology(settings, input_channels, settings.flows.workers),
+                      sources=Sources(raw), sinks=sinks, slas=settings.flows.slas(), canonicalizer=canonicalizer)
     recovery = settings.recovery_dir
     if not recovery.exists():
         recovery.mkdir(parents=True)

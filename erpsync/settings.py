@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from state.sla import Slas
+from state.order_status import Slas
 
 _FROZEN = ConfigDict(frozen=True)
 
@@ -129,6 +129,12 @@ class FlowSettings(BaseModel):
     status_grace_s: float = 15 * 60
     credit_sla_s: float = 72 * 3600
     unknown_sku_grace_s: float = 60  # stock or orders for a SKU not (yet) in the item master
+    # Event time: a partition read to its end is promised up to the clock minus this grace (records
+    # in flight between the producer's timestamp and the read); sequencing shards per stage (fixed for
+    # a recovery directory); the business time zone of channel orders' dates (price validity).
+    idle_grace_ms: int = Field(default=100, ge=0)
+    shards: int = Field(default=4, ge=1)
+    business_timezone: str = "UTC"
 
     def slas(self) -> Slas:
         return Slas(int(self.allocation_sla_s * 1000), int(self.status_grace_s * 1000), int(self.credit_sla_s * 1000),

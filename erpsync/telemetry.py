@@ -1,11 +1,11 @@
 """OpenTelemetry: metrics and traces of the pipeline, exported to the console or an OTLP collector.
 
 Metrics (meter "erpsync"):
-- ``state.records`` (counter): records per step and outcome (``in``, ``out``, ``dlq``, ``ignored``).
+- ``erpsync.records`` (counter): records per step and outcome (``in``, ``out``, ``dlq``, ``ignored``).
 - ``erpsync.exceptions`` (counter): exceptions raised, by kind.
 - ``erpsync.sync.latency`` (histogram, ms): source commit -> sink write, by sink and topic.
 - ``erpsync.consumer.lag`` (observable gauge): records behind the end of each input partition.
-- ``state.records.ignored`` (counter, connectors.metrics): ignored records by reason.
+- ``erpsync.records.ignored`` (counter, connectors.metrics): ignored records by reason.
 Traces (tracer "erpsync"): one trace per canonical event, its id derived from the event id, so the
 spans of every step that handles the event (raw read + canonicalize, each sink write) share it
 without passing a context along with the record. Sampled (``ERPSYNC_TELEMETRY__TRACE_SAMPLE``).

@@ -1,25 +1,27 @@
-"""Raw Debezium topics -> canonical.<entity> topics (Avro), sync.exceptions and sync.dlq.
+"""Raw Debezium topics -> canonical.<entity> topics (Avro), sync.exceptions and sync.dlq, in event time.
 
-Records are keyed by their raw topic partition (Debezium partitions by row key, so one row's
-versions never span partitions) and handed to the pure ``Canonicalizer`` a batch at a time.
+Records are keyed by the channel they were read from (a raw topic partition: Debezium partitions by
+row key, so one row's versions never span partitions) and handed to the pure ``PartitionReader`` a
+batch at a time. After each batch the reader marks how far event time has come on its channel; the
+marks travel with the canonical events to the sequenced stages (``flows.sequencing``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from erpsync import telemetry
-from flows.common import Outcomes, split
 from schemas.mapping import MAPPINGS_DIR, load_mappings
 from schemas.registry import SchemaRegistry
-from state.changes import Canonicalizer, ChangeLog, EntityInfo
+from state.changes import Canonicalizer, EntityInfo, PartitionReader, ReaderState
 from state.dead_letters import replayed_exception
-from state.records import DeadLetter, Emit, Ignored, Outcome, RawRecord
+from state.records import DeadLetter, Emit, Ignored, Progress, RawRecord
 
 
 def make_canonicalizer(registry: SchemaRegistry, mappings_dir: Path | None = None) -> Canonicalizer:
@@ -35,40 +37,42 @@ def make_canonicalizer(registry: SchemaRegistry, mappings_dir: Path | None = Non
     )
 
 
-class _Logic(StatefulBatchLogic[RawRecord, Outcome, ChangeLog]):
-    def __init__(self, canonicalizer: Canonicalizer, resume: ChangeLog | None) -> None:
-        self.canonicalizer = canonicalizer
-        self.log: ChangeLog = {} if resume is None else resume
+class _Logic(StatefulBatchLogic[RawRecord | Progress, Any, ReaderState]):
+    def __init__(self, reader: PartitionReader, resume: ReaderState | None) -> None:
+        self.reader = reader
+        self.state = resume
+        self.channel = ""
 
-    def on_batch(self, values: list[RawRecord]) -> tuple[Iterable[Outcome], bool]:
-        out: list[Outcome] = []
-        apply = self.canonicalizer.apply
-        for raw in values:
-            self.log, outcomes = apply(self.log, raw)
+    def on_batch(self, values: list[RawRecord | Progress]) -> tuple[Iterable[Any], bool]:
+        out: list[Any] = []
+        apply = self.reader.apply
+        for item in values:
+            self.channel = item.channel if isinstance(item, Progress) else item.read_from
+            self.state, outcomes = apply(self.state, item)
             out.extend(outcomes)
-            if telemetry.tracing():
-                for o in outcomes:
-                    if isinstance(o, Emit):
-                        with telemetry.event_span("canonicalize", o.value["event_id"], raw_topic=raw.topic,
-                                                  raw_partition=raw.partition, raw_offset=raw.offset, topic=o.topic):
-                            pass
-            if raw.replayed and not any(isinstance(o, DeadLetter) for o in outcomes):
-                # A dead letter re-injected after a fix landed: its exception turns `replayed`.
-                landed = ", ".join(sorted({o.topic if isinstance(o, Emit) else f"ignored: {o.reason}"
-                                           for o in outcomes if isinstance(o, Emit | Ignored)}))
-                out.append(replayed_exception(raw, landed or "nothing to apply"))
+            if isinstance(item, RawRecord):
+                if telemetry.tracing():
+                    for o in outcomes:
+                        if isinstance(o, Emit) and "event_id" in o.value:
+                            with telemetry.event_span("canonicalize", o.value["event_id"], raw_topic=item.topic,
+                                                      raw_partition=item.partition, raw_offset=item.offset,
+                                                      topic=o.topic):
+                                pass
+                if item.replayed and not any(isinstance(o, DeadLetter) for o in outcomes):
+                    # A dead letter re-injected after a fix landed: its exception turns `replayed`.
+                    landed = ", ".join(sorted({o.topic if isinstance(o, Emit) else f"ignored: {o.reason}"
+                                               for o in outcomes if isinstance(o, Emit | Ignored)}))
+                    out.append(replayed_exception(item, landed or "nothing to apply"))
+        if self.state is not None:
+            out.extend(self.reader.flush(self.state, self.channel))
         return out, StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> ChangeLog:
-        # bytewax may serialize the snapshot after later batches changed the log: hand it a copy.
-        # Shallow is enough: entries are tuples, replaced and never mutated.
-        return dict(self.log)
+    def snapshot(self) -> ReaderState:
+        return ReaderState() if self.state is None else self.state.copy()
 
 
-def canonicalize(raw: Stream[RawRecord], canonicalizer: Canonicalizer) -> Outcomes:
-    """The canonicalize dataflow on a stream of raw records."""
-    keyed = op.key_on("canonicalize_by_partition", raw, lambda r: f"{r.topic}#{r.partition}")
-    outcomes = op.stateful_batch(
-        "canonicalize", keyed, lambda resume: _Logic(canonicalizer, resume)
-    )
-    return split("canonicalize", op.key_rm("canonicalize_unkey", outcomes))
+def read(raw: Stream[RawRecord | Progress], reader: PartitionReader) -> Stream[Any]:
+    """Every input channel through its reader: canonical events, channel orders, marks, DLQ records, ignores."""
+    keyed = op.key_on("read_by_channel", raw,
+                      lambda r: r.channel if isinstance(r, Progress) else r.read_from)
+    return op.key_rm("read_unkey", op.stateful_batch("read", keyed, lambda resume: _Logic(reader, resume)))

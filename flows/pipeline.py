@@ -1,41 +1,101 @@
 """The whole pipeline as one dataflow, with sources and sinks injected.
 
-``erpsync run`` wires Kafka in and Kafka out; ``erpsync replay`` wires a kcat dump in and a file
-out. The dataflow code between them is the same, which is what makes a replay a faithful
-reproduction of production.
+``erpsync run`` wires Kafka in and Kafka, Redis and the databases out; ``erpsync replay`` wires a kcat
+dump in and a file out. The dataflow between them is the same, which is what makes a replay a
+faithful reproduction of production.
+
+Shape (each stage is sequenced in event time, see ``flows.sequencing``; keys in brackets):
+
+    read [raw partition] -> canonical events, channel orders, marks
+    S1  order_lines [ERP order]   intake_entry [channel order]   route_shipments [shipment]
+    S2  network [SKU]             customers [customer]           route_orders [ERP order]
+    S3  arbiter [one key: pending reservations]
+    S4  ats [SKU]                 status [channel order]
+    S5  timers [minute due]
+
+Step ids are stable strings: bytewax recovery keys state by them, so never rename one casually.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 
 from erpsync import telemetry
-from flows.availability import availability, commitments
-from flows.canonicalize import canonicalize, make_canonicalizer
-from flows.orders import COMMERCE_ORDERS_TOPIC, orders, sla_clock
+from flows.canonicalize import make_canonicalizer, read
+from flows.sequencing import StageStep, stage
 from schemas.registry import SchemaRegistry
 from state import EXCEPTION_SCHEMA
-from state.ats import AVAILABILITY_SCHEMA
-from state.changes import Canonicalizer
+from state.availability import (
+    ALLOCATION_TOPIC,
+    AVAILABILITY_SCHEMA,
+    INVENTORY_TOPIC,
+    ITEM_TOPIC,
+    ORDER_INTAKE_TOPIC,
+    ORDER_LINE_TOPIC,
+    ORDER_TOPIC,
+    PRICE_TOPIC,
+    Commitment,
+    LineAnswer,
+    LineCheck,
+    NetworkState,
+    OrderLines,
+    Reservation,
+    SkuAts,
+    SkuNetwork,
+)
+from state.changes import Canonicalizer, PartitionReader
 from state.channels import Channel
 from state.dead_letters import dead_letter_exception
-from state.intake import ACCEPTED_ORDER_SCHEMA
-from state.order_status import ORDER_STATUS_SCHEMA
-from state.records import DeadLetter, Emit, Ignored, RawRecord
-from state.sla import Deadline, Slas
+from state.intake import (
+    ACCEPTED_ORDER_SCHEMA,
+    ARBITER_KEY,
+    CUSTOMER_TOPIC,
+    Arbiter,
+    ChannelOrder,
+    CustomerAnswer,
+    CustomerBook,
+    CustomerCheck,
+    IntakeDecision,
+    IntakeEntry,
+    ToDecide,
+    read_channel_order,
+)
+from state.order_status import (
+    ORDER_STATUS_SCHEMA,
+    SHIPMENT_TOPICS,
+    OrderRouter,
+    Routed,
+    ShipmentRouter,
+    Slas,
+    StatusBook,
+)
+from state.records import DeadLetter, Emit, Ignored, Progress, RawRecord
+from state.sequencer import Mark, Stamped
+from state.timers import Deadline, Timers
+
+COMMERCE_ORDERS_TOPIC = "commerce.orders"
+COMMERCE_RANK = 3
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("s1", ("order_lines", "intake_entry", "route_shipments")),
+    ("s2", ("network", "customers", "route_orders")),
+    ("s3", ("arbiter",)),
+    ("s4", ("ats", "status")),
+    ("s5", ("timers",)),
+)
 
 
 @dataclass(frozen=True)
 class Sources:
-    """raw(flow) adds the input steps and returns (raw records, records the input could not read)."""
+    """raw(flow) adds the input steps: raw records, progress of their channels, records it could not read."""
 
-    raw: Callable[[Dataflow], tuple[Stream[RawRecord], Stream[DeadLetter]]]
+    raw: Callable[[Dataflow], Stream[RawRecord | Progress | DeadLetter]]
 
 
 @dataclass(frozen=True)
@@ -55,57 +115,198 @@ def _nowhere(step_id: str, stream: Stream[Emit]) -> None:
     """A store replay does not have; its records still reach the output as topic records."""
 
 
-def replay_sinks(collect: Callable[[str, Stream[object]], None]) -> Sinks:
+def replay_sinks(collect: Callable[[str, Stream[Any]], None]) -> Sinks:
     """Every record to one collector; the stores (Redis, databases) are not written."""
     return Sinks(collect, collect, collect, _nowhere, _nowhere, _nowhere, _nowhere)
 
 
-def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], *, sources: Sources, sinks: Sinks,
-               slas: Slas | None = None, live: bool = True, canonicalizer: Canonicalizer | None = None,
-               streams: Sequence[str] = ()) -> Dataflow:
-    """live=False for replay: event time only, no wall-clock timers (see flows.availability).
+@dataclass(frozen=True)
+class Topology:
+    """What the running dataflow needs beyond the channel definitions."""
 
-    streams: the raw topic partitions a live pipeline reads ("<topic>#<partition>", see flows.orders).
-    canonicalizer: the one of the packaged mappings unless given.
-    """
+    input_channels: Sequence[str]  # every "<topic>#<partition>" the source reads (each sends marks)
+    workers: int = 1  # total workers of the dataflow (all processes)
+    shards: int = 4  # sequencing shards per stage: fixed for a recovery directory
+    grace_ms: int = 100  # how far behind the clock a partition read to its end is promised
+    business_zone: str = "UTC"  # dates of channel orders (price validity)
+
+
+# ----------------------------------------------------------------------------- where things go
+
+
+def _key_of(field: str) -> Callable[[dict[str, Any]], str | None]:
+    def key(v: dict[str, Any]) -> str | None:
+        value = v.get(field)
+        return None if value is None else str(value)
+    return key
+
+
+def _channel_key(v: dict[str, Any]) -> str | None:
+    if v.get("channel") is None or v.get("external_order_id") is None:
+        return None
+    return f"{v['channel']}/{v['external_order_id']}"
+
+
+def _arbiter_header(v: dict[str, Any]) -> str | None:
+    return ARBITER_KEY if v.get("channel") is not None else None
+
+
+def _arbiter_intake(v: dict[str, Any]) -> str | None:
+    return ARBITER_KEY if v.get("status") == "failed" else None
+
+
+_BY_ORDER = _key_of("order_id")
+# canonical topic -> (step, key of a row's fields); a row whose key changes is retracted from the old key
+CONSUMERS: dict[str, tuple[tuple[str, Callable[[dict[str, Any]], str | None]], ...]] = {
+    ORDER_TOPIC: (("order_lines", _BY_ORDER), ("route_orders", _BY_ORDER), ("intake_entry", _channel_key),
+                  ("arbiter", _arbiter_header)),
+    ORDER_LINE_TOPIC: (("order_lines", _BY_ORDER), ("route_orders", _BY_ORDER)),
+    ALLOCATION_TOPIC: (("order_lines", _BY_ORDER), ("route_orders", _BY_ORDER)),
+    INVENTORY_TOPIC: (("network", _key_of("sku")),),
+    ITEM_TOPIC: (("network", _key_of("sku")),),
+    PRICE_TOPIC: (("network", _key_of("sku")),),
+    CUSTOMER_TOPIC: (("customers", _key_of("customer_id")),),
+    ORDER_INTAKE_TOPIC: (("intake_entry", _channel_key), ("arbiter", _arbiter_intake)),
+    "canonical.shipment": (("route_shipments", _key_of("shipment_id")),),
+    "canonical.shipment-line": (("route_shipments", _key_of("shipment_id")),),
+    "canonical.return": (("route_orders", _BY_ORDER),),
+    "canonical.invoice": (("route_orders", _BY_ORDER),),
+    "canonical.credit-memo": (("route_orders", _BY_ORDER),),
+}
+
+
+def route_canonical(item: Any) -> list[Stamped]:
+    """A canonical event or channel order -> the stage-1/2 steps that consume it, in its event time."""
+    if isinstance(item, ChannelOrder):
+        raw = item.raw
+        position = f"{raw.partition:06d}/{raw.offset:020d}"
+        return [Stamped("intake_entry", item.key, item.time, (COMMERCE_RANK, position), item,
+                        tx=("commerce", position))]
+    out: list[Stamped] = []
+    for step, key_of in CONSUMERS.get(item.topic, ()):
+        key = key_of(item.value)
+        if item.before is not None:
+            old = key_of(item.before)
+            if old is not None and old != key:  # the row moved: its old key forgets it, at the same time
+                gone = Emit(item.topic, item.key, item.schema, {**item.value, **item.before, "op": "delete"},
+                            item.time, item.order, tx=item.tx)
+                out.append(Stamped(step, old, item.time, item.order, gone, tx=item.tx))
+        if key is not None and not (step == "arbiter" and item.topic == ORDER_TOPIC and item.before is not None):
+            out.append(Stamped(step, key, item.time, item.order, item, tx=item.tx))
+    return out
+
+
+class Router:
+    """Where each step's outputs go next: (step, key, wake) by their type; none for records that leave."""
+
+    def __init__(self, arbiter: Arbiter, ats: SkuAts) -> None:
+        self.arbiter = arbiter
+        self.ats_wake = ats.wake_after()
+
+    def __call__(self, o: Any, time: int) -> Iterable[tuple[str, str, int]]:
+        if isinstance(o, Commitment | LineCheck):
+            return (("network", o.sku, 0),)
+        if isinstance(o, NetworkState | Reservation):
+            return (("ats", o.sku, time + self.ats_wake if self.ats_wake else 0),)
+        if isinstance(o, CustomerCheck):
+            return (("customers", o.customer_id, 0),)
+        if isinstance(o, LineAnswer | CustomerAnswer):
+            return (("arbiter", ARBITER_KEY, 0),)
+        if isinstance(o, ToDecide):
+            return (("arbiter", ARBITER_KEY, time + self.arbiter.ttl_ms(o.channel)),)
+        if isinstance(o, IntakeDecision):
+            return (("status", f"{o.channel}/{o.external_order_id}", 0),)
+        if isinstance(o, Routed):
+            return (("status", o.key, 0),)
+        if isinstance(o, Deadline):
+            return (("timers", o.bucket, o.wake),)
+        if isinstance(o, Emit) and o.topic in SHIPMENT_TOPICS:  # stamped by the shipment router
+            order_id = o.value.get("order_id")
+            return () if order_id is None else (("route_orders", str(order_id), 0),)
+        return ()
+
+
+# ----------------------------------------------------------------------------- the dataflow
+
+
+def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], topology: Topology, *, sources: Sources,
+               sinks: Sinks, slas: Slas | None = None, canonicalizer: Canonicalizer | None = None) -> Dataflow:
+    """The pipeline; `topology.input_channels` must name every channel the source will read."""
     flow = Dataflow("erpsync")
     slas = slas or Slas()
-    raw, unreadable = sources.raw(flow)
-    _count("input", "in", raw)
+    canonicalizer = canonicalizer or make_canonicalizer(registry)
+    by_id = {c.id: c for c in channels}
+    zone = ZoneInfo(topology.business_zone)
+    reader = PartitionReader(canonicalizer, topology.grace_ms,
+                             lambda raw, time: read_channel_order(raw, time, by_id, zone),
+                             frozenset({COMMERCE_ORDERS_TOPIC}))
+    source = op.branch("readable", sources.raw(flow), lambda x: not isinstance(x, DeadLetter))
+    raw: Stream[RawRecord | Progress] = source.trues  # type: ignore[assignment]
+    unreadable: Stream[DeadLetter] = source.falses  # type: ignore[assignment]
     _count("input", "dlq", unreadable)
-    channel_orders = op.branch("is_channel_order", raw, lambda r: r.topic == COMMERCE_ORDERS_TOPIC)
-    _count("canonicalize", "in", channel_orders.falses)
-    _count("orders", "in", channel_orders.trues)
-    canon = canonicalize(channel_orders.falses, canonicalizer or make_canonicalizer(registry))
-    committed = commitments(canon.emits)
-    governed = orders(canon.emits, committed, channel_orders.trues, channels, slas, live=live, streams=streams)
-    ledger_out = availability(canon.emits, committed, governed.reservations, channels, live=live,
-                              unknown_sku_ms=slas.unknown_sku_ms)
-    ledger_split = op.branch("availability_deadlines", ledger_out, lambda o: isinstance(o, Deadline))
-    derived: Stream[Emit] = ledger_split.falses  # type: ignore[assignment]
-    fired = sla_clock(op.merge("all_deadlines", governed.deadlines, ledger_split.trues), governed.ticks, live=live)
-    dead_letters = op.merge("dead_letters", unreadable, canon.dead_letters, governed.dead_letters)
+    _count("read", "in", op.filter("records_only", raw, lambda r: isinstance(r, RawRecord)))
+    read_out = read(raw, reader)
+    marks: Stream[Mark] = op.filter("read_marks", read_out, lambda o: isinstance(o, Mark))
+    consumed = op.filter("to_stages", read_out, lambda o: isinstance(o, ChannelOrder) or (
+        isinstance(o, Emit) and o.topic in CONSUMERS))
+    stamped: Stream[Any] = op.flat_map("route_canonical", consumed, route_canonical)
+    leaving = [op.filter("read_results", read_out, lambda o: not isinstance(o, Mark | ChannelOrder))]
+
+    arbiter = Arbiter(channels)
+    ats = SkuAts(channels, slas.unknown_sku_ms)
+    route = Router(arbiter, ats)
+    reducers: dict[str, Any] = {
+        "order_lines": OrderLines(), "intake_entry": IntakeEntry(channels), "route_shipments": ShipmentRouter(),
+        "network": SkuNetwork(channels), "customers": CustomerBook(), "route_orders": OrderRouter(),
+        "arbiter": arbiter, "ats": ats, "status": StatusBook(set(by_id), slas), "timers": Timers(),
+    }
+    raw_channels = list(topology.input_channels)
+    upstream: list[str] = list(raw_channels)
+    all_marks = [marks]
+    for stage_id, steps in STAGES:
+        items = op.filter(f"{stage_id}_items", stamped, _for_steps(frozenset(steps)))
+        stage_marks = op.merge(f"{stage_id}_marks_in", *all_marks)
+        outputs, step_marks = stage(stage_id, items, stage_marks, upstream,
+                                    {s: StageStep(reducers[s], route) for s in steps},
+                                    workers=topology.workers, shards=topology.shards)
+        upstream = upstream + [f"{s}@{w}" for s in steps for w in range(topology.workers)]
+        all_marks.append(step_marks)
+        forward = op.branch(f"{stage_id}_forward", outputs, lambda o: isinstance(o, Stamped))
+        stamped = op.merge(f"{stage_id}_onward", stamped, forward.trues)
+        leaving.append(forward.falses)
+
+    results = op.merge("all_results", *leaving)
+    emits_or_not = op.branch("is_emit", results, lambda o: isinstance(o, Emit))
+    emits: Stream[Emit] = emits_or_not.trues
+    rest = op.branch("is_dead_letter", emits_or_not.falses, lambda o: isinstance(o, DeadLetter))
+    dead_letters: Stream[DeadLetter] = op.merge("dead_letters", unreadable, rest.trues)
+    ignored: Stream[Ignored] = op.filter("ignored_only", rest.falses,
+                                         lambda o: isinstance(o, Ignored))
     # every dead letter is also an exception (replayable, see state.dead_letters)
     dead_letter_exceptions = op.map("dead_letter_exceptions", dead_letters, dead_letter_exception)
-    emits = op.merge("all_emits", canon.emits, derived, governed.emits, fired, dead_letter_exceptions)
-    for step, outcomes in (("canonicalize", canon), ("orders", governed)):
-        _count(step, "out", outcomes.emits)
-        _count(step, "dlq", outcomes.dead_letters)
-        _count(step, "ignored", outcomes.ignored)
-    _count("availability", "out", derived)
-    sinks.emits("out_emits", emits)
-    exceptions = op.filter("exceptions_only", emits, lambda e: e.schema == EXCEPTION_SCHEMA)
+    all_emits = op.merge("all_emits", emits, dead_letter_exceptions)
+    _count("pipeline", "out", all_emits)
+    _count("pipeline", "dlq", dead_letters)
+    _count("pipeline", "ignored", ignored)
+    sinks.emits("out_emits", all_emits)
+    exceptions = op.filter("exceptions_only", all_emits, lambda e: e.schema == EXCEPTION_SCHEMA)
     op.flat_map_batch("count_exceptions", exceptions, _count_exceptions)
     sinks.exceptions("out_exceptions", exceptions)
     sinks.availability("out_availability", op.filter(
-        "availability_only", derived, lambda e: e.schema == AVAILABILITY_SCHEMA))
+        "availability_only", emits, lambda e: e.schema == AVAILABILITY_SCHEMA))
     sinks.order_intake("out_order_intake", op.filter(
-        "accepted_orders_only", governed.emits, lambda e: e.schema == ACCEPTED_ORDER_SCHEMA))
+        "accepted_orders_only", emits, lambda e: e.schema == ACCEPTED_ORDER_SCHEMA))
     sinks.order_status("out_order_status", op.filter(
-        "order_status_only", governed.emits, lambda e: e.schema == ORDER_STATUS_SCHEMA))
+        "order_status_only", emits, lambda e: e.schema == ORDER_STATUS_SCHEMA))
     sinks.dead_letters("out_dead_letters", dead_letters)
-    sinks.ignored("out_ignored", op.merge("all_ignored", canon.ignored, governed.ignored))
+    sinks.ignored("out_ignored", ignored)
     return flow
+
+
+def _for_steps(steps: frozenset[str]) -> Callable[[Any], bool]:
+    def mine(item: Any) -> bool:
+        return isinstance(item, Stamped) and item.step in steps
+    return mine
 
 
 def _count(step: str, outcome: str, stream: Stream[Any]) -> None:

@@ -1,52 +1,181 @@
-"""Order intake governance (spec section 6): every rule a small pure function, and the intake desk.
+"""Order intake governance (spec section 6): every rule a small pure function, and the reducers that decide.
 
 ``validate`` runs the rules and returns every failing reason code, so a rejected channel order
-says everything that is wrong with it at once. What the rules look up (customers, items, price
-lists, availability) comes in as a ``Catalog`` built from canonical events; nothing here reads a
-clock or a database.
+says everything that is wrong with it at once. What the rules look up (the customer, each SKU's
+status, price and availability) comes in as a ``Catalog`` gathered for that order, as of its time.
 
-``IntakeDesk`` is the reducer the orders flow runs under one key: it keeps the catalog, each SKU's
-network availability before reservations (``NetworkChange`` from ``SkuNetwork``) and the pending
-reservations of the orders it accepted, so "ATS at validation, counting earlier accepted orders"
-is exact: ``max(0, floor((network − reserved) × share))``, the ledger's own formula.
+The decision is spread over keyed steps, all in event-time order (``flows.sequencing``):
 
-An order is validated against the sources as of its own time: the desk holds it until the event
-time of every input stream (``Tick``s from canonical events, per raw topic partition: one table's
-changes, which Kafka delivers in order) has reached the order's Kafka timestamp. Catching up on a
-backlog (where one table's topic may lag another's), or replaying a dump, then decides each order
-on the same state as a pipeline that kept up would have. An idle table sends no ticks: live, the
-flow tells ``release`` which streams have been quiet for a short wall-clock wait; in replay (no
-wall clock) a stream counts as quiet once another stream's event time is `quiet_ms` past the
-order; at the end of input everything waiting is decided.
+- ``IntakeEntry`` (key: "<channel>/<external order id>"): a channel order is checked against what
+  the ERP already holds for that key (its ``erp.order_intake`` row: a re-submission of an accepted
+  order is idempotent, and one whose content differs raises ``resubmission_conflict``), then fanned
+  out: a ``LineCheck`` per line to the SKU's network step, a ``CustomerCheck`` to the customer's
+  step, and the order itself to the arbiter. It also turns an intake the ERP marked ``failed`` into
+  an ``intake_failed`` exception and a rejection.
+- ``CustomerBook`` (key: customer id) answers with the customer as of the order's time.
+- ``Arbiter`` (one key): gathers the answers and decides. Intake verdicts must count the
+  reservations of every order accepted before, whatever SKUs they share; a dataflow cannot feed a
+  verdict back to the steps that hold stock, so this one step holds the *pending* reservations
+  (accepted, not yet imported by the ERP) and decides orders one after another, in event-time
+  order. Its state is bounded by what is in flight: an order leaves it when the ERP imports it, marks
+  it failed, or its TTL passes (``intake_unconfirmed``).
+
+Idempotence lives where the ERP enforces it: the intake table's key. The entry learns the table's
+rows through CDC; until its row arrives, the arbiter knows the order as pending.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from state import Tick, exception
-from state.ats import (
-    ITEM_TOPIC,
-    ORDER_INTAKE_TOPIC,
-    ORDER_TOPIC,
-    IntakeAccepted,
-    NetworkChange,
-    PendingIntakes,
-    Reservation,
-    Reservations,
-)
+from state import exception
+from state.availability import ORDER_INTAKE_TOPIC, ORDER_TOPIC, LineAnswer, LineCheck, Reservation
+from state.changes import MAX_JSON_DEPTH, json_depth_ok
 from state.channels import Channel
-from state.order_status import IntakeDecision
 from state.records import DeadLetter, Emit, Ignored, RawRecord
+from state.sequencer import Wake
 
 FULFILLMENT_METHODS = frozenset({"SHIP", "PICKUP", "DROPSHIP"})
 REQUIRED_FIELDS = ("channel", "external_order_id", "customer_id", "payment_status", "fulfillment_method",
                    "currency", "placed_at", "lines")
+MONEY_FIELDS = ("freight_total", "discount_total", "tax_total")
+MONEY_SCALE, PRICE_SCALE = 2, 4  # the ERP's numeric(14,2) totals and numeric(12,4) unit prices
+MAX_INT = 2**31 - 1  # quantities and line numbers are Avro ints downstream
+CUSTOMER_TOPIC = "canonical.customer"
+ACCEPTED_ORDER_SCHEMA = "io.erpsync.AcceptedOrder"
+ORDER_INTAKE_OUT_TOPIC = "erp.order-intake"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = date(1970, 1, 1)
+REASON_TEXT = {
+    "unknown_customer": "the customer is not in the ERP",
+    "credit_hold": "the customer is on credit hold",
+    "payment_not_approved": "payment is neither approved nor terms the channel allows",
+    "missing_tax_jurisdiction": "no tax jurisdiction on the order or the customer",
+    "invalid_fulfillment_method": "fulfillment method is not SHIP, PICKUP or DROPSHIP",
+    "unknown_sku": "a line's SKU is not in the item master",
+    "inactive_sku": "a line's SKU is discontinued",
+    "price_mismatch": "a line's unit price differs from the customer's price list beyond the channel tolerance",
+    "invalid_quantity": "a line's quantity is not a positive integer",
+    "insufficient_stock": "a line's quantity exceeds the channel's available-to-sell",
+    "malformed": "the order is not of the channel order shape",
+}
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """A channel order that parsed into the expected shape, with its business date."""
+
+    doc: dict[str, Any]
+    placed_ms: int  # placed_at, UTC milliseconds
+    day: int  # business date (days since the epoch) of placed_at, bounded by its arrival
+
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        lines: list[dict[str, Any]] = self.doc["lines"]
+        return lines
+
+
+class Malformed(ValueError):
+    """Why a channel order is not of the order's shape (a one-line reason naming the field)."""
+
+
+def _decimal(value: Any, name: str, scale: int) -> Decimal:
+    """An exact decimal of at most `scale` places, from a JSON string or number (parsed as Decimal)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise Malformed(f"{name} is not a decimal number")
+    try:
+        d = Decimal(value)
+    except InvalidOperation:
+        raise Malformed(f"{name} {value!r} is not a decimal number") from None
+    if not d.is_finite():
+        raise Malformed(f"{name} is not finite")
+    exponent = d.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > scale and d != d.quantize(Decimal(1).scaleb(-scale)):
+        raise Malformed(f"{name} {value} has more than {scale} decimal places")
+    return d
+
+
+def _small_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_INT
+
+
+def _has_control(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_control(k) or _has_control(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_control(v) for v in value)
+    return False
+
+
+def parse(raw: bytes, arrival_ms: int = 0, zone: ZoneInfo | None = None) -> Order:
+    """The order, or ``Malformed`` naming what is wrong. Numbers are read as exact decimals, never floats.
+
+    The business date is placed_at's date in `zone` (UTC by default); a placed_at after the order's
+    arrival counts as its arrival.
+    """
+    if not json_depth_ok(raw):
+        raise Malformed(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        doc = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise Malformed(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise Malformed("not a JSON object")
+    missing = [k for k in REQUIRED_FIELDS if k not in doc]
+    if missing:
+        raise Malformed(f"missing {', '.join(missing)}")
+    for k in REQUIRED_FIELDS:
+        if k != "lines" and not isinstance(doc[k], str):
+            raise Malformed(f"{k} is not a string")
+    lines = doc["lines"]
+    if not isinstance(lines, list) or not lines:
+        raise Malformed("lines is not a non-empty list")
+    for i, line in enumerate(lines):
+        if not isinstance(line, dict) or not isinstance(line.get("sku"), str) or "qty" not in line \
+                or "unit_price" not in line:
+            raise Malformed(f"lines[{i}] needs sku, qty and unit_price")
+        if not _small_positive_int(line.get("line_no")):
+            raise Malformed(f"lines[{i}].line_no is not a positive integer")
+        line["unit_price"] = _decimal(line["unit_price"], f"lines[{i}].unit_price", PRICE_SCALE)
+    if len({line["line_no"] for line in lines}) != len(lines):
+        raise Malformed("two lines share a line_no")
+    if _has_control(doc):
+        raise Malformed("a NUL character, which no ERP text column can hold")
+    for money in MONEY_FIELDS:
+        if doc.get(money) is not None:
+            doc[money] = _decimal(doc[money], money, MONEY_SCALE)
+    if doc.get("tax_jurisdiction") is not None and not isinstance(doc["tax_jurisdiction"], str):
+        raise Malformed("tax_jurisdiction is not a string")
+    try:
+        placed = datetime.fromisoformat(doc["placed_at"])
+    except ValueError:
+        raise Malformed(f"placed_at {doc['placed_at']!r} is not an ISO-8601 time") from None
+    if placed.tzinfo is None:
+        raise Malformed("placed_at has no UTC offset")
+    placed_ms = (placed - _EPOCH) // timedelta(milliseconds=1)
+    if arrival_ms and placed_ms > arrival_ms:
+        placed_ms = arrival_ms
+    local = (_EPOCH + timedelta(milliseconds=placed_ms)).astimezone(zone or UTC)
+    return Order(doc, placed_ms, (local.date() - _EPOCH_DAY).days)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+# ----------------------------------------------------------------------------- the rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,98 +186,14 @@ class Customer:
     tax_jurisdiction: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class PriceLine:
-    unit_price: Decimal
-    valid_from: date
-    valid_to: date | None
-
-    def valid_on(self, day: date) -> bool:
-        return self.valid_from <= day and (self.valid_to is None or day <= self.valid_to)
-
-
 @dataclass
 class Catalog:
-    """What intake rules look up, as the canonical events last described it."""
+    """What the rules look at for one order, as of its time."""
 
     customers: dict[str, Customer] = field(default_factory=dict)
     items: dict[str, str] = field(default_factory=dict)  # sku -> status ("active", "discontinued")
-    prices: dict[tuple[str, str], list[PriceLine]] = field(default_factory=dict)  # (price list, sku)
+    prices: dict[tuple[str, str], Decimal] = field(default_factory=dict)  # (price list, sku) -> price that day
     ats: dict[tuple[str, str], int] = field(default_factory=dict)  # (channel, sku) -> ATS at validation
-
-
-@dataclass(frozen=True, slots=True)
-class Order:
-    """A channel order that parsed into the expected shape."""
-
-    doc: dict[str, Any]
-    placed_on: date
-
-    @property
-    def lines(self) -> list[dict[str, Any]]:
-        lines: list[dict[str, Any]] = self.doc["lines"]
-        return lines
-
-
-def parse(raw: bytes) -> Order | None:
-    """The order, or None when it is not parseable or not of the order's shape (``malformed``)."""
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        return None
-    if not isinstance(doc, dict) or any(k not in doc for k in REQUIRED_FIELDS):
-        return None
-    if not all(isinstance(doc[k], str) for k in REQUIRED_FIELDS if k != "lines"):
-        return None
-    lines = doc["lines"]
-    if not isinstance(lines, list) or not lines or not all(
-            isinstance(line, dict) and isinstance(line.get("sku"), str) and "qty" in line
-            and "unit_price" in line and _small_positive_int(line.get("line_no")) for line in lines):
-        return None
-    if len({line["line_no"] for line in lines}) != len(lines):
-        return None  # two lines with one number: they could not be told apart (reservations, ERP lines)
-    if b"\\u0000" in raw and _has_nul(doc):  # (JSON carries NUL only escaped: look closer only then)
-        return None  # no text column of the ERP, the ops database or PostgreSQL JSON can hold it
-    for money in MONEY_FIELDS:
-        if money in doc and not _decimal_string(doc[money]):
-            return None
-    if "tax_jurisdiction" in doc and doc["tax_jurisdiction"] is not None \
-            and not isinstance(doc["tax_jurisdiction"], str):
-        return None
-    try:
-        placed = datetime.fromisoformat(doc["placed_at"])
-    except ValueError:
-        return None
-    if placed.tzinfo is None:
-        return None
-    return Order(doc, placed.date())
-
-
-MONEY_FIELDS = ("freight_total", "discount_total", "tax_total")
-MAX_INT = 2**31 - 1  # quantities and line numbers are Avro ints downstream
-
-
-def _small_positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_INT
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
-def _decimal_string(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        return Decimal(value).is_finite()
-    except InvalidOperation:
-        return False
 
 
 Rule = Callable[[Order, Channel, Catalog], bool]  # True when the order passes
@@ -206,18 +251,8 @@ def prices_match(order: Order, channel: Channel, catalog: Catalog) -> bool:
         return True  # unknown_customer already says why; no price list to compare with
     tolerance = channel.intake.price_tolerance
     for line in order.lines:
-        try:
-            price = Decimal(str(line["unit_price"]))
-        except InvalidOperation:
-            return False
-        if not price.is_finite():
-            return False
-        lines = catalog.prices.get((customer.price_list_id, line["sku"]), ())
-        valid = [p for p in lines if p.valid_on(order.placed_on)]
-        if not valid:
-            return False
-        current = max(valid, key=lambda p: p.valid_from)  # the most specific line for that day
-        if abs(price - current.unit_price) > tolerance:
+        current = catalog.prices.get((customer.price_list_id, line["sku"]))
+        if current is None or abs(line["unit_price"] - current) > tolerance:
             return False
     return True
 
@@ -252,254 +287,390 @@ def validate(order: Order, channel: Channel, catalog: Catalog) -> list[str]:
     return [reason for reason, rule in RULES if not rule(order, channel, catalog)]
 
 
-# ----------------------------------------------------------------------------- the intake desk
+# ----------------------------------------------------------------------------- messages between the steps
 
-ACCEPTED_ORDER_SCHEMA = "io.erpsync.AcceptedOrder"
-ORDER_INTAKE_OUT_TOPIC = "erp.order-intake"
-CUSTOMER_TOPIC = "canonical.customer"
-PRICE_TOPIC = "canonical.price"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_EPOCH_DAY = date(1970, 1, 1)
-REASON_TEXT = {
-    "unknown_customer": "the customer is not in the ERP",
-    "credit_hold": "the customer is on credit hold",
-    "payment_not_approved": "payment is neither approved nor terms the channel allows",
-    "missing_tax_jurisdiction": "no tax jurisdiction on the order or the customer",
-    "invalid_fulfillment_method": "fulfillment method is not SHIP, PICKUP or DROPSHIP",
-    "unknown_sku": "a line's SKU is not in the item master",
-    "inactive_sku": "a line's SKU is discontinued",
-    "price_mismatch": "a line's unit price differs from the customer's price list beyond the channel tolerance",
-    "invalid_quantity": "a line's quantity is not a positive integer",
-    "insufficient_stock": "a line's quantity exceeds the channel's available-to-sell",
-    "malformed": "the order is not of the channel order shape",
-}
 
-DeskInput = RawRecord | Emit | NetworkChange | Tick
-DeskOutput = Emit | Reservation | IntakeDecision | DeadLetter | Ignored
+@dataclass(frozen=True, slots=True)
+class ChannelOrder:
+    """A record of commerce.orders as read: parsed, or why not (`problem`), at its event time."""
+
+    raw: RawRecord
+    time: int  # its event time: its arrival (Kafka timestamp), never before an earlier record's
+    channel: str
+    external_order_id: str
+    order: Order | None
+    problem: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.channel}/{self.external_order_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerCheck:
+    order_key: str
+    customer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerAnswer:
+    order_key: str
+    customer: Customer | None
+
+
+@dataclass(frozen=True, slots=True)
+class ToDecide:
+    """An order on its way to the arbiter, and how many answers will follow it."""
+
+    key: str
+    order: Order
+    channel: str
+    answers: int
+    raw: RawRecord  # the channel order as read (its coordinates)
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeDecision:
+    """Intake accepted (reasons empty) or rejected an order; the status step shows it."""
+
+    channel: str
+    external_order_id: str
+    reasons: tuple[str, ...]
+    event_ms: int
+
+
+def read_channel_order(raw: RawRecord, time: int, channels: Mapping[str, Channel],
+                       zone: ZoneInfo | None = None) -> list[Any]:
+    """A commerce.orders record -> a ``ChannelOrder`` (DLQ when it names no channel order at all)."""
+    order: Order | None = None
+    problem = ""
+    try:
+        order = parse(raw.value or b"", time, zone)
+    except Malformed as exc:
+        problem = str(exc)
+    if order is not None:
+        channel, ext_id = order.doc["channel"], order.doc["external_order_id"]
+    else:
+        try:
+            channel, _, ext_id = (raw.key or b"").decode().partition(":")
+        except UnicodeDecodeError:
+            channel, ext_id = "", ""
+    if not channel or not ext_id or channel not in channels or _has_control(ext_id) or "/" in channel:
+        why = f"unknown channel {channel!r}" if channel and ext_id else \
+            "not a channel order (unparseable, and no channel and order id in the key)"
+        return [DeadLetter(raw, why if not problem else f"{why}: {problem}", "orders-intake")]
+    return [ChannelOrder(raw, time, channel, ext_id, order, problem)]
+
+
+# ----------------------------------------------------------------------------- the entry, per channel order
+
+
+def order_digest(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What a re-submission must repeat to be the same order (as strings: exact, comparable)."""
+    return {
+        "customer_id": doc.get("customer_id"), "payment_status": doc.get("payment_status"),
+        "fulfillment_method": doc.get("fulfillment_method"), "currency": doc.get("currency"),
+        "tax_jurisdiction": doc.get("tax_jurisdiction") or None,
+        **{m: None if doc.get(m) is None else str(Decimal(str(doc[m])).quantize(Decimal("0.01")))
+           for m in MONEY_FIELDS},
+        "lines": sorted((int(line["line_no"]), str(line["sku"]), int(line["qty"]),
+                         str(Decimal(str(line["unit_price"])).quantize(Decimal("0.0001"))))
+                        for line in doc.get("lines") or []),
+    }
+
+
+def differences(accepted: Mapping[str, Any], again: Mapping[str, Any]) -> list[str]:
+    a, b = order_digest(accepted), order_digest(again)
+    return [k for k in a if a[k] != b.get(k)]
 
 
 @dataclass(slots=True)
-class DeskState:
-    """Everything intake validation looks at, plus the orders it accepted."""
+class EntryState:
+    intake: str = ""  # the ERP's intake row: "", "pending", "imported" or "failed"
+    accepted: dict[str, Any] | None = None  # the payload the ERP holds (what was accepted)
+    error: str | None = None
+    failure_reported: bool = False
 
-    catalog: Catalog = field(default_factory=Catalog)
-    fences: dict[str, str] = field(default_factory=dict)  # catalog row -> applied source position
-    price_rows: dict[tuple[str, str], dict[int, PriceLine]] = field(default_factory=dict)  # valid_from day
-    network: dict[str, tuple[int, str, tuple[int, ...]]] = field(default_factory=dict)  # version, status, per ch.
-    pending: PendingIntakes = field(default_factory=PendingIntakes)
-    held: dict[str, tuple[str, int]] = field(default_factory=dict)  # reservation line key -> (sku, qty)
-    reserved: dict[str, int] = field(default_factory=dict)  # sku -> reserved by pending intakes
-    accepted: set[str] = field(default_factory=set)  # "<channel>/<ext id>" accepted once: never again
-    sequence: int = 0  # accepted orders so far: the "commerce" position of what they cause
-    waiting: list[RawRecord] = field(default_factory=list)  # orders ahead of source event time, in arrival order
-    watermarks: dict[str, int] = field(default_factory=dict)  # input stream -> newest event time (tick slots)
-
-    def copy(self) -> DeskState:
-        """A snapshot copy (containers copied, immutable values shared)."""
-        pending = self.pending.copy()
-        catalog = Catalog(dict(self.catalog.customers), dict(self.catalog.items), dict(self.catalog.prices))
-        return DeskState(catalog, dict(self.fences), {k: dict(v) for k, v in self.price_rows.items()},
-                         dict(self.network), pending, dict(self.held), dict(self.reserved), set(self.accepted),
-                         self.sequence, list(self.waiting), dict(self.watermarks))
+    def copy(self) -> EntryState:
+        return EntryState(self.intake, self.accepted, self.error, self.failure_reported)
 
 
-class IntakeDesk:
-    """Reducer for intake governance, under one key (see the module doc)."""
+class IntakeEntry:
+    """Keyed by "<channel>/<external order id>": re-submissions, fan-out of checks, ERP intake failures."""
 
-    def __init__(self, channels: Sequence[Channel], tick_ms: int = 100, quiet_ms: int | None = None,
-                 tolerance_ms: int = 1000) -> None:
-        self.tick_ms = tick_ms  # resolution of the ticks the flow sends
-        # How far a source's event time may trail an order's and still count as reached: MariaDB's
-        # binlog stamps changes in whole seconds, and clocks differ a little between systems.
-        self.tolerance_ms = tolerance_ms
-        self.quiet_ms = quiet_ms  # replay: a stream is quiet once another is this far past the order
+    def __init__(self, channels: Sequence[Channel]) -> None:
         self.channels = {c.id: c for c in channels}
-        self.index = {c.id: i for i, c in enumerate(channels)}
+
+    def apply(self, state: EntryState | None, key: str, item: Any, time: int) -> tuple[EntryState | None, list[Any]]:
+        if isinstance(item, ChannelOrder):
+            return self._order(state, key, item, time)
+        if isinstance(item, Emit) and item.topic == ORDER_INTAKE_TOPIC:
+            return self._intake_row(state or EntryState(), key, item, time)
+        if isinstance(item, Emit) and item.topic == ORDER_TOPIC:
+            v = item.value
+            if v["op"] == "delete" or v.get("status") in ("closed", "cancelled"):
+                return None, []  # the ERP is done with the order: forget it (documented limit)
+        return state, []
+
+    def _order(self, state: EntryState | None, key: str, co: ChannelOrder, time: int) -> tuple[Any, list[Any]]:
+        raw = co.raw
+        if state is not None and state.intake:
+            out: list[Any] = [Ignored("duplicate submission of an accepted order", raw.topic, raw.partition,
+                                      raw.offset)]
+            if co.order is not None and state.accepted is not None:
+                changed = differences(state.accepted, co.order.doc)
+                if changed:
+                    out.append(conflict(key, changed, raw, time))
+            return state, out
+        if co.order is None:
+            detail = {"kafka": _coordinates(raw), "reasons": ["malformed"], "problem": co.problem}
+            return state, [IntakeDecision(co.channel, co.external_order_id, ("malformed",), time),
+                           exception("malformed", "warning", "channel_order", key,
+                                     f"{REASON_TEXT['malformed']}: {co.problem}", detail, time)]
+        order = co.order
+        out = [LineCheck(key, line["line_no"], line["sku"], co.channel, order.day) for line in order.lines]
+        out.append(CustomerCheck(key, order.doc["customer_id"]))
+        out.append(ToDecide(key, order, co.channel, len(order.lines) + 1, raw))
+        return state, out
+
+    def _intake_row(self, st: EntryState, key: str, event: Emit, time: int) -> tuple[Any, list[Any]]:
+        v = event.value
+        if v["op"] == "delete":
+            return None, []
+        st.intake = v["status"] or "pending"
+        if v.get("payload") is not None:
+            try:
+                st.accepted = json.loads(v["payload"], parse_float=Decimal)
+            except ValueError:
+                st.accepted = None
+        st.error = v.get("error")
+        if st.intake != "failed" or st.failure_reported:
+            return st, []
+        st.failure_reported = True
+        channel, _, ext_id = key.partition("/")
+        detail = {"error": st.error, "erp_order_id": v.get("erp_order_id")}
+        return st, [IntakeDecision(channel, ext_id, ("intake_failed",), time),
+                    exception("intake_failed", "error", "order_intake", key,
+                              f"the ERP could not import the order: {st.error or 'no error text'}", detail, time,
+                              source=event.value["source"])]
+
+    def close(self, state: EntryState | None, key: str, time: int) -> tuple[EntryState | None, list[Any]]:
+        return state, []
+
+    def copy(self, state: EntryState | None) -> EntryState | None:
+        return None if state is None else state.copy()
+
+
+def conflict(key: str, changed: list[str], raw: RawRecord, time: int) -> Emit:
+    return exception("resubmission_conflict", "warning", "channel_order", key,
+                     "re-submitted with different " + ", ".join(changed) + "; the accepted order stands",
+                     {"changed": changed, "kafka": _coordinates(raw)}, time)
+
+
+def _coordinates(raw: RawRecord) -> str:
+    return f"{raw.topic}/{raw.partition}/{raw.offset}"
+
+
+# ----------------------------------------------------------------------------- customers
+
+
+class CustomerBook:
+    """Keyed by customer id: the customer row as of now -> answers to intake's ``CustomerCheck``."""
+
+    def apply(self, state: Any, key: str, item: Any, time: int) -> tuple[Any, list[Any]]:
+        if isinstance(item, CustomerCheck):
+            return state, [CustomerAnswer(item.order_key, None if state is None else state[1])]
+        if not isinstance(item, Emit) or item.topic != CUSTOMER_TOPIC:
+            return state, []
+        v = item.value
+        position = v["source"]["position"]
+        if state is not None and position <= state[0]:
+            return state, []
+        if v["op"] == "delete":
+            return None, []
+        return (position, Customer(v["customer_id"], v["price_list_id"], bool(v["credit_hold"]),
+                                   v["tax_jurisdiction"] or None)), []
+
+    def close(self, state: Any, key: str, time: int) -> tuple[Any, list[Any]]:
+        return state, []
+
+    def copy(self, state: Any) -> Any:
+        return state  # an immutable tuple
+
+
+# ----------------------------------------------------------------------------- the arbiter
+
+
+@dataclass(slots=True)
+class Gathering:
+    order: ToDecide | None = None  # the answers may come first (they sort before it in its instant)
+    customer: Customer | None = None
+    lines: dict[int, LineAnswer] = field(default_factory=dict)
+    answers: int = 0
+
+
+@dataclass(slots=True)
+class ArbiterState:
+    # accepted, not yet imported: key -> (accepted ms, ttl expiry ms, lines (line_no, sku, qty), digest doc)
+    pending: dict[str, tuple[int, int, tuple[tuple[int, str, int], ...], dict[str, Any]]] = \
+        field(default_factory=dict)
+    reserved: dict[str, int] = field(default_factory=dict)  # sku -> reserved by pending orders
+    gathering: dict[str, Gathering] = field(default_factory=dict)  # orders of the current instant
+
+    def copy(self) -> ArbiterState:
+        return ArbiterState(dict(self.pending), dict(self.reserved),
+                            {k: Gathering(g.order, g.customer, dict(g.lines), g.answers)
+                             for k, g in self.gathering.items()})
+
+
+ARBITER_KEY = "intake"
+
+
+class Arbiter:
+    """The one step that decides channel orders, counting the reservations of the orders accepted before."""
+
+    def __init__(self, channels: Sequence[Channel]) -> None:
+        self.channels = {c.id: c for c in channels}
         self.shares = {c.id: (c.share_exact.numerator, c.share_exact.denominator) for c in channels}
-        self.reservations = Reservations(channels)
 
-    def apply(self, state: DeskState | None, event: DeskInput) -> tuple[DeskState, list[DeskOutput]]:
-        st = state or DeskState()
-        out: list[DeskOutput] = []
-        if isinstance(event, RawRecord):
-            if st.waiting or not st.watermarks or not self._due(st, event):
-                st.waiting.append(event)
-            else:
-                out.extend(self._order(st, event))
-        elif isinstance(event, NetworkChange):
-            old = st.network.get(event.sku)
-            if old is None or event.version > old[0]:
-                st.network[event.sku] = (event.version, event.status, event.networks)
-        elif isinstance(event, Tick):
-            if event.stream and event.event_ms > st.watermarks.get(event.stream, -1):
-                st.watermarks[event.stream] = event.event_ms
-            out.extend(self._reserve(st, event))
-            if st.waiting:
-                out.extend(self.release(st, frozenset()))
-        elif event.topic in (ORDER_TOPIC, ORDER_INTAKE_TOPIC):
-            out.extend(self._reserve(st, event))
-        else:
-            self._catalog(st, event)
-        return st, out
+    def ttl_ms(self, channel: str) -> int:
+        return self.channels[channel].intake.intake_ttl_s * 1000
 
-    def release(self, st: DeskState, quiet: frozenset[str] | None = None) -> list[DeskOutput]:
-        """Validate the waiting orders that are due, counting `quiet` streams as caught up (None: all)."""
-        out: list[DeskOutput] = []
-        decided = 0
-        for raw in st.waiting:  # first come, first decided: stop at the first order still ahead
-            if quiet is not None and not self._due(st, raw, quiet):
-                break
-            out.extend(self._order(st, raw))
-            decided += 1
-        if decided:
-            del st.waiting[:decided]
-        return out
+    def apply(self, state: ArbiterState | None, key: str, item: Any,
+              time: int) -> tuple[ArbiterState | None, list[Any]]:
+        st = state or ArbiterState()
+        out: list[Any] = []
+        if isinstance(item, ToDecide):
+            st.gathering.setdefault(item.key, Gathering()).order = item
+        elif isinstance(item, CustomerAnswer):
+            g = st.gathering.setdefault(item.order_key, Gathering())
+            g.customer = item.customer
+            g.answers += 1
+        elif isinstance(item, LineAnswer):
+            g = st.gathering.setdefault(item.order_key, Gathering())
+            g.lines[item.line_no] = item
+            g.answers += 1
+        elif isinstance(item, Emit):
+            out.extend(self._source(st, item, time))
+        elif isinstance(item, Wake):
+            out.extend(self._expire(st, time))
+        return (st if st.pending or st.gathering else None), out
 
-    def _due(self, st: DeskState, raw: RawRecord, quiet: frozenset[str] = frozenset()) -> bool:
-        """Whether every input stream's event time has reached the order's time (within the tick resolution)."""
-        slot = raw.timestamp_ms - raw.timestamp_ms % self.tick_ms - self.tolerance_ms
-        newest = max(st.watermarks.values(), default=-1)
-        replay_quiet = self.quiet_ms is not None and newest >= slot + self.quiet_ms
-        return all(ms >= slot or stream in quiet or replay_quiet for stream, ms in st.watermarks.items())
+    def close(self, state: ArbiterState | None, key: str, time: int) -> tuple[ArbiterState | None, list[Any]]:
+        if state is None or not state.gathering:
+            return state, []
+        st = state
+        out: list[Any] = []
+        ready = [(key, g) for key, g in st.gathering.items() if g.order is not None and g.answers >= g.order.answers]
+        for key, g in ready:  # in arrival order: the sequencer released them in event-time order
+            del st.gathering[key]
+            out.extend(self._decide(st, g, time))
+        return (st if st.pending or st.gathering else None), out
 
-    # -- catalog
-
-    def _catalog(self, st: DeskState, event: Emit) -> None:
-        v, position = event.value, event.value["source"]["position"]
-        deleted = v["op"] == "delete"
-        cat = st.catalog
-        if event.topic == CUSTOMER_TOPIC:
-            row = f"c|{v['customer_id']}"
-        elif event.topic == ITEM_TOPIC:
-            row = f"i|{v['sku']}"
-        elif event.topic == PRICE_TOPIC:
-            row = f"p|{v['price_list_id']}|{v['sku']}|{v['valid_from']}"
-        else:
-            return
-        old = st.fences.get(row)
-        if old is not None and position <= old:
-            return
-        st.fences[row] = position
-        if event.topic == CUSTOMER_TOPIC:
-            if deleted:
-                cat.customers.pop(v["customer_id"], None)
-            else:
-                cat.customers[v["customer_id"]] = Customer(
-                    v["customer_id"], v["price_list_id"], bool(v["credit_hold"]), v["tax_jurisdiction"] or None)
-        elif event.topic == ITEM_TOPIC:
-            if deleted:
-                cat.items.pop(v["sku"], None)
-            else:
-                cat.items[v["sku"]] = v["status"]
-        else:
-            key = (v["price_list_id"], v["sku"])
-            rows = st.price_rows.setdefault(key, {})
-            if deleted:
-                rows.pop(v["valid_from"], None)
-            else:
-                rows[v["valid_from"]] = PriceLine(
-                    Decimal(v["unit_price"]), _day(v["valid_from"]),
-                    None if v["valid_to"] is None else _day(v["valid_to"]))
-            if rows:
-                cat.prices[key] = list(rows.values())
-            else:
-                cat.prices.pop(key, None)
-                del st.price_rows[key]
-
-    # -- channel orders
-
-    def ats(self, st: DeskState, channel: Channel, sku: str) -> int:
-        """The channel's ATS for sku now, counting the reservations of earlier accepted orders."""
-        known = st.network.get(sku)
-        if known is None or known[1] != "active" or st.catalog.items.get(sku, "absent") != "active":
+    def ats(self, st: ArbiterState, channel: str, answer: LineAnswer) -> int:
+        """The channel's ATS for the line's SKU now, counting the reservations of earlier accepted orders."""
+        if answer.status != "active":
             return 0
-        numerator, denominator = self.shares[channel.id]
-        network = known[2][self.index[channel.id]] - st.reserved.get(sku, 0)
-        return max(0, network * numerator // denominator)
+        numerator, denominator = self.shares[channel]
+        return max(0, (answer.network - st.reserved.get(answer.sku, 0)) * numerator // denominator)
 
-    def _order(self, st: DeskState, raw: RawRecord) -> list[DeskOutput]:
-        event_ms = raw.timestamp_ms or st.pending.now_ms
-        order = None if raw.value is None else parse(raw.value)
-        channel_id, ext_id = _ids(order, raw.key)
-        channel = self.channels.get(channel_id or "")
-        if channel is None or not ext_id or "\x00" in ext_id:
-            why = "not a channel order (unparseable, or no channel and order id)" if order is None \
-                else f"unknown channel {channel_id!r}"
-            return [DeadLetter(raw, why, "orders-intake")]
-        key = f"{channel.id}/{ext_id}"
-        if key in st.accepted:
-            return [Ignored("duplicate submission of an accepted order", raw.topic, raw.partition, raw.offset)]
-        out: list[DeskOutput] = []
-        if order is None:
-            reasons = ["malformed"]
-            if not _is_json_object(raw.value):
-                out.append(DeadLetter(raw, "malformed channel order: not a JSON object", "orders-intake"))
-        else:
-            st.catalog.ats = {(channel.id, line["sku"]): self.ats(st, channel, line["sku"]) for line in order.lines}
-            reasons = validate(order, channel, st.catalog)
-        out.append(IntakeDecision(channel.id, ext_id, tuple(reasons), event_ms))
-        if reasons:
-            detail = {"kafka": f"{raw.topic}/{raw.partition}/{raw.offset}", "reasons": reasons}
-            out.extend(exception(r, "warning", "channel_order", key, REASON_TEXT[r], detail, event_ms)
-                       for r in reasons)
+    def _decide(self, st: ArbiterState, g: Gathering, time: int) -> list[Any]:
+        todo = g.order
+        assert todo is not None
+        key, order, channel = todo.key, todo.order, self.channels[todo.channel]
+        ext_id = order.doc["external_order_id"]
+        pending = st.pending.get(key)
+        raw = todo.raw
+        if pending is not None:  # accepted already, its ERP row not seen yet: idempotent
+            out: list[Any] = [Ignored("duplicate submission of an accepted order", raw.topic, raw.partition,
+                                      raw.offset)]
+            changed = differences(pending[3], order.doc)
+            if changed:
+                out.append(conflict(key, changed, raw, time))
             return out
-        assert order is not None
-        st.accepted.add(key)
-        st.sequence += 1
-        accepted = self._accepted_order(order, st, event_ms)
-        out.append(Emit(ORDER_INTAKE_OUT_TOPIC, f"{channel.id}:{ext_id}", ACCEPTED_ORDER_SCHEMA, accepted))
-        out.extend(self._reserve(st, IntakeAccepted(accepted, f"{st.sequence:016d}", event_ms)))
+        catalog = Catalog()
+        if g.customer is not None:
+            catalog.customers[g.customer.customer_id] = g.customer
+        for answer in g.lines.values():
+            if answer.status != "unknown":
+                catalog.items[answer.sku] = answer.status
+            for price_list, price in answer.prices:
+                catalog.prices[(price_list, answer.sku)] = Decimal(price)
+            catalog.ats[(channel.id, answer.sku)] = self.ats(st, channel.id, answer)
+        reasons = validate(order, channel, catalog)
+        out = [IntakeDecision(channel.id, ext_id, tuple(reasons), time)]
+        if reasons:
+            detail = {"kafka": _coordinates(raw), "reasons": reasons}
+            out.extend(exception(r, "warning", "channel_order", key, REASON_TEXT[r], detail, time) for r in reasons)
+            return out
+        customer = catalog.customers[order.doc["customer_id"]]
+        lines = tuple((int(line["line_no"]), str(line["sku"]), int(line["qty"])) for line in order.lines)
+        st.pending[key] = (time, time + self.ttl_ms(channel.id), lines, order.doc)
+        for _, sku, qty in lines:
+            st.reserved[sku] = st.reserved.get(sku, 0) + qty
+        out.append(Emit(ORDER_INTAKE_OUT_TOPIC, f"{channel.id}:{ext_id}", ACCEPTED_ORDER_SCHEMA,
+                        accepted_order(order, customer, time)))
+        out.extend(Reservation(sku, f"{key}/{line_no}", qty) for line_no, sku, qty in lines)
         return out
 
-    def _accepted_order(self, order: Order, st: DeskState, event_ms: int) -> dict[str, Any]:
-        doc = order.doc
-        customer = st.catalog.customers[doc["customer_id"]]
-        placed = datetime.fromisoformat(doc["placed_at"])
-        return {
-            "channel": doc["channel"], "external_order_id": doc["external_order_id"],
-            "customer_id": doc["customer_id"], "payment_status": doc["payment_status"],
-            "tax_jurisdiction": doc.get("tax_jurisdiction") or customer.tax_jurisdiction,
-            "fulfillment_method": doc["fulfillment_method"], "currency": doc["currency"],
-            "placed_at": (placed - _EPOCH) // timedelta(microseconds=1),
-            **{money: doc.get(money) or "0" for money in MONEY_FIELDS},
-            "lines": [{"line_no": line["line_no"], "sku": line["sku"], "qty": line["qty"],
-                       "unit_price": str(line["unit_price"])} for line in order.lines],
-            "accepted_at_ms": event_ms,
-        }
+    def _release(self, st: ArbiterState, key: str) -> list[Any]:
+        entry = st.pending.pop(key, None)
+        if entry is None:
+            return []
+        out: list[Any] = []
+        for line_no, sku, qty in entry[2]:
+            left = st.reserved.get(sku, 0) - qty
+            if left:
+                st.reserved[sku] = left
+            else:
+                st.reserved.pop(sku, None)
+            out.append(Reservation(sku, f"{key}/{line_no}", 0))
+        return out
 
-    # -- reservations
+    def _source(self, st: ArbiterState, event: Emit, time: int) -> list[Any]:
+        """The ERP imported the order (it appears in sales_orders) or marked its intake failed: release."""
+        v = event.value
+        if v["op"] != "upsert":
+            return []
+        if event.topic == ORDER_TOPIC or (event.topic == ORDER_INTAKE_TOPIC and v.get("status") == "failed"):
+            return self._release(st, f"{v['channel']}/{v['external_order_id']}")
+        return []
 
-    def _reserve(self, st: DeskState, event: IntakeAccepted | Emit | Tick) -> list[DeskOutput]:
-        st.pending, outs = self.reservations.apply(st.pending, event)
-        for r in outs:
-            if isinstance(r, Reservation):
-                old_sku, old_qty = st.held.pop(r.key, (r.sku, 0))
-                st.reserved[old_sku] = st.reserved.get(old_sku, 0) - old_qty
-                if not st.reserved[old_sku]:
-                    del st.reserved[old_sku]
-                if r.qty:
-                    st.held[r.key] = (r.sku, r.qty)
-                    st.reserved[r.sku] = st.reserved.get(r.sku, 0) + r.qty
-        return list(outs)
+    def _expire(self, st: ArbiterState, now: int) -> list[Any]:
+        out: list[Any] = []
+        for key, (accepted_ms, expiry, _, _) in sorted(st.pending.items(), key=lambda kv: (kv[1][1], kv[0])):
+            if expiry > now:
+                continue
+            out.extend(self._release(st, key))
+            out.append(exception(
+                "intake_unconfirmed", "warning", "order_intake", key,
+                f"accepted {now - accepted_ms} ms ago, not in the ERP within the {expiry - accepted_ms} ms TTL;"
+                " its reservation is released", {"accepted_at_ms": accepted_ms}, now))
+        return out
 
-
-def _day(days: int) -> date:
-    return _EPOCH_DAY + timedelta(days=days)
-
-
-def _ids(order: Order | None, key: bytes | None) -> tuple[str | None, str | None]:
-    """(channel, external order id): from the order, else from the Kafka key "<channel>:<id>"."""
-    if order is not None:
-        return order.doc["channel"], order.doc["external_order_id"]
-    try:
-        channel, _, ext_id = (key or b"").decode().partition(":")
-    except UnicodeDecodeError:
-        return None, None
-    return channel or None, ext_id or None
+    def copy(self, state: ArbiterState | None) -> ArbiterState | None:
+        return None if state is None else state.copy()
 
 
-def _is_json_object(value: bytes | None) -> bool:
-    try:
-        return isinstance(json.loads(value or b""), dict)
-    except (UnicodeDecodeError, ValueError):
-        return False
+def accepted_order(order: Order, customer: Customer, time: int) -> dict[str, Any]:
+    """The io.erpsync.AcceptedOrder value: money at the ERP's scales, the customer's jurisdiction if none."""
+    doc = order.doc
+    placed = datetime.fromisoformat(doc["placed_at"])
+    return {
+        "channel": doc["channel"], "external_order_id": doc["external_order_id"],
+        "customer_id": doc["customer_id"], "payment_status": doc["payment_status"],
+        "tax_jurisdiction": doc.get("tax_jurisdiction") or customer.tax_jurisdiction,
+        "fulfillment_method": doc["fulfillment_method"], "currency": doc["currency"],
+        "placed_at": (placed - _EPOCH) // timedelta(microseconds=1),
+        **{money: str(Decimal(doc.get(money) or 0).quantize(Decimal(1).scaleb(-MONEY_SCALE)))
+           for money in MONEY_FIELDS},
+        "lines": [{"line_no": line["line_no"], "sku": line["sku"], "qty": line["qty"],
+                   "unit_price": str(Decimal(line["unit_price"]).quantize(Decimal(1).scaleb(-PRICE_SCALE)))}
+                  for line in order.lines],
+        "accepted_at_ms": time,
+    }
+
+
+def intake_digest(value: Mapping[str, Any]) -> str:
+    """A short fingerprint of an accepted order (logs and exception details)."""
+    return hashlib.blake2b(json.dumps(order_digest(value), sort_keys=True).encode(), digest_size=8).hexdigest()

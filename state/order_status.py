@@ -1,15 +1,18 @@
 """The true status of an order (spec section 7), derived from every fact about it, not the last event.
 
-``OrderFacts`` holds what the ERP, the WMS and intake governance have said about one order, each
-row fenced by its source position; ``derive`` turns the facts into the OrderStatus a channel sees,
-in the spec's precedence. Publishing only when the record differs keeps channels free of noise.
+``OrderFacts`` holds what the ERP, the WMS and intake governance have said about one order, each row
+fenced by its source position; ``derive`` turns the facts into the OrderStatus a channel sees, in the
+spec's precedence; ``checks`` finds the discrepancies true now; ``deadlines`` the SLA timers armed now.
 
-Facts reach the order's key ("<channel>/<external order id>") through two routers, because WMS
-rows do not carry it: ``ShipmentRouter`` (keyed by shipment id) stamps shipment lines with their
-order id, ``OrderRouter`` (keyed by ERP order id) learns the channel key from the ERP order header;
-both hold facts that arrive before what they need. ``StatusBook`` (keyed by the channel key)
-publishes the status, raises the discrepancy exceptions (invoice, freight, overship, credit) and
-arms the SLA deadlines of ``state.sla``.
+Facts reach the order's key ("<channel>/<external order id>") through two routers, because WMS rows
+do not carry it: ``ShipmentRouter`` (keyed by shipment id) stamps shipment lines with their order id,
+``OrderRouter`` (keyed by ERP order id) learns the channel key from the ERP order header; both hold
+facts that arrive before what they need, and both move a row's facts when its order changes.
+
+``StatusBook`` (keyed by the channel key) applies facts in event-time order and, once per instant,
+publishes the status when something a channel sees changed, raises a discrepancy when it becomes
+true and resolves it (naming the fact that cleared it) when it no longer holds, and arms or disarms
+the SLA timers of ``state.timers``.
 """
 
 from __future__ import annotations
@@ -19,24 +22,26 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from state import exception, newer
+from state.intake import IntakeDecision
 from state.records import Emit
-from state.sla import Deadline, Slas
+from state.timers import Deadline, overdue
 
 ORDER_STATUS_SCHEMA = "io.erpsync.OrderStatus"
 SHIPPED_STATES = frozenset({"dispatched", "delivered"})
 STATUS_FACTS = frozenset({"canonical.order", "canonical.order-line", "canonical.allocation", "canonical.shipment",
                           "canonical.shipment-line", "canonical.invoice"})
 CENT = Decimal("0.01")  # amounts are compared in cents, rounded half up as the ERP (PostgreSQL) rounds
+CHECK_SEVERITY = "error"
 
 
 @dataclass(frozen=True, slots=True)
-class IntakeDecision:
-    """Intake governance accepted (reasons empty) or rejected an order."""
+class Slas:
+    """How long event time may pass before an open situation becomes an exception."""
 
-    channel: str
-    external_order_id: str
-    reasons: tuple[str, ...]
-    event_ms: int
+    allocation_ms: int = 4 * 3600 * 1000  # accepted by the ERP, not allocated by the WMS
+    status_grace_ms: int = 15 * 60 * 1000  # ERP and WMS disagree about an order
+    credit_ms: int = 72 * 3600 * 1000  # return received, no credit memo
+    unknown_sku_ms: int = 60 * 1000  # stock or orders for a SKU the item master does not have (yet)
 
 
 @dataclass(slots=True)
@@ -60,29 +65,28 @@ class OrderFacts:
     returns: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)
     credits: dict[int, tuple[str, str | None, Decimal]] = field(default_factory=dict)
     accepted_ms: int = 0  # event time the ERP order first appeared
-    last_fact_ms: int = 0
-    newest_ms: int = 0  # newest event time over every fact, returns and credit memos included
+    last_fact_ms: int = 0  # newest event time of a fact the status shows
     applied: int = 0  # facts recorded so far: a count no redelivery or batching changes
+    source: dict[str, Any] | None = None  # source coordinates of the newest fact applied
 
-    def apply(self, event: Emit | IntakeDecision) -> bool:
-        """Record a fact; False when it is stale or a duplicate (nothing changed)."""
-        if self._apply(event):
-            self.applied += 1
-            self.newest_ms = max(self.newest_ms, self.last_fact_ms, event.event_ms if isinstance(
-                event, IntakeDecision) else int(event.value["source"]["commit_ts_ms"]))
-            return True
-        return False
+    def apply(self, event: Emit | IntakeDecision, time: int) -> bool:
+        """Record a fact at event time `time`; False when it is stale or a duplicate (nothing changed)."""
+        if not self._apply(event, time):
+            return False
+        self.applied += 1
+        if isinstance(event, Emit):
+            self.source = event.value["source"]
+        return True
 
-    def _apply(self, event: Emit | IntakeDecision) -> bool:
+    def _apply(self, event: Emit | IntakeDecision, time: int) -> bool:
         if isinstance(event, IntakeDecision):
             if self.intake == event:
                 return False
             self.intake = event
-            self.last_fact_ms = max(self.last_fact_ms, event.event_ms)
+            self.last_fact_ms = max(self.last_fact_ms, time)
             return True
         v = event.value
-        src = v["source"]
-        position, deleted = src["position"], v["op"] == "delete"
+        position, deleted = v["source"]["position"], v["op"] == "delete"
         topic = event.topic
         if topic == "canonical.order":
             if not newer(self.header, position):
@@ -90,7 +94,7 @@ class OrderFacts:
             self.header = (position, v["order_id"], "deleted" if deleted else v["status"])
             if not deleted and v.get("order_total") is not None:
                 self.totals = (Decimal(v["order_total"]), Decimal(v.get("freight_total") or 0))
-            self.accepted_ms = self.accepted_ms or int(src["commit_ts_ms"])
+            self.accepted_ms = self.accepted_ms or time
         elif topic == "canonical.order-line":
             if not newer(self.lines.get(v["line_no"]), position):
                 return False
@@ -103,12 +107,12 @@ class OrderFacts:
         elif topic == "canonical.allocation":
             if not newer(self.allocations.get(v["allocation_id"]), position):
                 return False
-            self.allocations[v["allocation_id"]] = (position, v["line_no"], v["qty"] or 0,
-                                                    "deleted" if deleted else v["status"])
+            self.allocations[v["allocation_id"]] = (position, v["line_no"] if v["line_no"] is not None else -1,
+                                                    v["qty"] or 0, "deleted" if deleted else v["status"])
         elif topic == "canonical.shipment":
             if not newer(self.shipments.get(v["shipment_id"]), position):
                 return False
-            self.shipments[v["shipment_id"]] = (position, v["carrier"] or "", v["tracking_no"],
+            self.shipments[v["shipment_id"]] = (position, v.get("carrier") or "", v.get("tracking_no"),
                                                 "deleted" if deleted else v["status"])
             self.freight[v["shipment_id"]] = Decimal(0 if deleted else v.get("freight_cost") or 0)
         elif topic == "canonical.shipment-line":
@@ -135,18 +139,30 @@ class OrderFacts:
         else:
             return False
         if topic in STATUS_FACTS:  # returns and credit memos are not part of what the status shows
-            self.last_fact_ms = max(self.last_fact_ms, int(src["commit_ts_ms"]))
+            self.last_fact_ms = max(self.last_fact_ms, time)
         return True
+
+    def copy(self) -> OrderFacts:
+        return replace(self, lines=dict(self.lines), allocations=dict(self.allocations), shipments=dict(self.shipments),
+                       shipment_lines=dict(self.shipment_lines), invoices=dict(self.invoices), prices=dict(self.prices),
+                       freight=dict(self.freight), returns=dict(self.returns), credits=dict(self.credits))
+
+
+def shipped_by_line(facts: OrderFacts) -> dict[int, int]:
+    shipped: dict[int, int] = {}
+    for (shipment_id, line_no), (_, qty) in facts.shipment_lines.items():
+        shipment = facts.shipments.get(shipment_id)
+        if shipment is not None and shipment[3] in SHIPPED_STATES:
+            shipped[line_no] = shipped.get(line_no, 0) + qty
+    return shipped
 
 
 def derive(facts: OrderFacts, channel: str, external_order_id: str) -> dict[str, Any] | None:
     """The OrderStatus record for a channel, or None while nothing is known to show.
 
     All of it is what a channel sees, `last_fact_ms` included: the newest event time over every fact
-    the status shows (intake decision, ERP order, lines, allocations, shipments, invoices), a
-    maximum over the set of facts. So the last record published for an order is the same whatever
-    order or batches its facts came in (a replay publishes what the live pipeline did); a fact that
-    changes nothing else still moves it, and is published: the channel learns its view is current.
+    the status shows, a maximum over the set of facts, so the last record of an order is the same
+    whatever the order of its facts' arrival.
     """
     header = facts.header if facts.header is not None and facts.header[2] != "deleted" else None
     lines = {n: line for n, line in facts.lines.items() if line[3] in ("open", "shipped")}
@@ -154,11 +170,7 @@ def derive(facts: OrderFacts, channel: str, external_order_id: str) -> dict[str,
     for _, line_no, qty, status in facts.allocations.values():
         if status not in ("cancelled", "deleted"):
             allocated[line_no] = allocated.get(line_no, 0) + qty
-    shipped: dict[int, int] = {}
-    for (shipment_id, line_no), (_, qty) in facts.shipment_lines.items():
-        shipment = facts.shipments.get(shipment_id)
-        if shipment is not None and shipment[3] in SHIPPED_STATES:
-            shipped[line_no] = shipped.get(line_no, 0) + qty
+    shipped = shipped_by_line(facts)
     live_shipments = [s for s in facts.shipments.values() if s[3] != "deleted"]
 
     reasons: list[str] = []
@@ -203,36 +215,37 @@ def derive(facts: OrderFacts, channel: str, external_order_id: str) -> dict[str,
 # ----------------------------------------------------------------------------- checks and deadlines
 
 
-def shipped_by_line(facts: OrderFacts) -> dict[int, int]:
-    shipped: dict[int, int] = {}
-    for (shipment_id, line_no), (_, qty) in facts.shipment_lines.items():
-        shipment = facts.shipments.get(shipment_id)
-        if shipment is not None and shipment[3] in SHIPPED_STATES:
-            shipped[line_no] = shipped.get(line_no, 0) + qty
-    return shipped
-
-
 def checks(facts: OrderFacts) -> dict[str, tuple[str, dict[str, Any]]]:
     """Discrepancies true now: kind -> (reason, detail). Compared only when both sides are known."""
     found: dict[str, tuple[str, dict[str, Any]]] = {}
     posted = [i for i in facts.invoices.values() if i[3]]
+    live = [sid for sid, s in facts.shipments.items() if s[3] != "deleted"]
     if posted and facts.totals is not None:
         invoiced = sum((i[1] for i in posted), Decimal(0))
         if invoiced != facts.totals[0]:
             found["invoice_discrepancy"] = (f"invoiced {invoiced} but the order total is {facts.totals[0]}",
                                             {"invoice_total": str(invoiced), "order_total": str(facts.totals[0])})
+    if posted:
         billed = sum((i[2] for i in posted), Decimal(0))
-        live = [sid for sid, s in facts.shipments.items() if s[3] != "deleted"]
         shipped_freight = sum((facts.freight.get(sid, Decimal(0)) for sid in live), Decimal(0))
-        if live and billed != shipped_freight:
+        if not live and billed:
+            found["freight_discrepancy"] = (f"invoiced freight {billed} but nothing was shipped",
+                                            {"invoice_freight": str(billed), "shipment_freight": "0"})
+        elif live and billed != shipped_freight:
             found["freight_discrepancy"] = (f"invoiced freight {billed} but shipments cost {shipped_freight}",
                                             {"invoice_freight": str(billed), "shipment_freight": str(shipped_freight)})
     shipped = shipped_by_line(facts)
-    over = {n: q for n, q in shipped.items() if n in facts.lines and q > facts.lines[n][2]
-            and facts.lines[n][3] != "deleted"}
-    if over:
-        found["overship"] = ("more shipped than ordered on line(s) " + ", ".join(map(str, sorted(over))),
-                             {"shipped": {str(n): q for n, q in over.items()}})
+    if facts.header is not None:
+        over = {}
+        for n, q in shipped.items():
+            line = facts.lines.get(n)
+            if q > 0 and (line is None or line[3] == "deleted" or q > line[2]):
+                over[n] = q
+        if over:
+            found["overship"] = ("more shipped than ordered on line(s) " + ", ".join(map(str, sorted(over))),
+                                 {"shipped": {str(n): q for n, q in sorted(over.items())},
+                                  "not_on_order": sorted(n for n in over if n not in facts.lines
+                                                         or facts.lines[n][3] == "deleted")})
     for rma in sorted({c[1] for c in facts.credits.values() if c[1]}):
         returned = facts.returns.get(rma)
         if returned is None or returned[1] < 0:
@@ -240,28 +253,10 @@ def checks(facts: OrderFacts) -> dict[str, tuple[str, dict[str, Any]]]:
         credited = sum((c[2] for c in facts.credits.values() if c[1] == rma), Decimal(0))
         expected = (facts.prices.get(returned[1], Decimal(0)) * returned[2]).quantize(CENT, ROUND_HALF_UP)
         if credited != expected:
-            found["credit_discrepancy"] = (f"credited {credited} for return {rma}, expected {expected}",
-                                           {"rma_id": rma, "credited": str(credited), "expected": str(expected)})
+            found[f"credit_discrepancy/{rma}"] = (f"credited {credited} for return {rma}, expected {expected}",
+                                                  {"rma_id": rma, "credited": str(credited),
+                                                   "expected": str(expected)})
     return found
-
-
-def deadlines(facts: OrderFacts, status: str | None, slas: Slas) -> dict[str, Deadline]:
-    """SLA deadlines armed now, by kind (credit_pending once per return), for the order's facts."""
-    armed: dict[str, Deadline] = {}
-    if status == "accepted" and facts.accepted_ms:
-        armed["allocation_sla_breach"] = Deadline(
-            "allocation_sla_breach", "", facts.accepted_ms + slas.allocation_ms,
-            f"not allocated within {slas.allocation_ms} ms of entering the ERP")
-    credited = {c[1] for c in facts.credits.values() if c[1]}
-    for rma, (_, line_no, _, received_ms) in facts.returns.items():
-        if line_no >= 0 and received_ms and rma not in credited:  # (the SLA starts when it is received)
-            armed[f"credit_pending/{rma}"] = Deadline(
-                "credit_pending", "", received_ms + slas.credit_ms,
-                f"return {rma} received, no credit memo within {slas.credit_ms} ms", (("rma_id", rma),))
-    mismatch = _mismatch(facts)
-    if mismatch:
-        armed["status_mismatch"] = Deadline("status_mismatch", "", 0, mismatch)
-    return armed
 
 
 def _mismatch(facts: OrderFacts) -> str:
@@ -283,70 +278,140 @@ def _mismatch(facts: OrderFacts) -> str:
     return ""
 
 
+def situations(facts: OrderFacts, status: str | None, slas: Slas, mismatch_since: int,
+               now: int) -> dict[str, tuple[str, int, str, tuple[tuple[str, Any], ...]]]:
+    """SLA situations open now: name -> (kind, due, reason, detail)."""
+    open_now: dict[str, tuple[str, int, str, tuple[tuple[str, Any], ...]]] = {}
+    if status == "accepted" and facts.accepted_ms:
+        open_now["allocation_sla_breach"] = (
+            "allocation_sla_breach", facts.accepted_ms + slas.allocation_ms,
+            f"not allocated within {slas.allocation_ms} ms of entering the ERP", ())
+    credited = {c[1] for c in facts.credits.values() if c[1]}
+    for rma, (_, line_no, _, received_ms) in facts.returns.items():
+        if line_no >= 0 and received_ms and rma not in credited:  # (the SLA starts when it is received)
+            open_now[f"credit_pending/{rma}"] = (
+                "credit_pending", received_ms + slas.credit_ms,
+                f"return {rma} received, no credit memo within {slas.credit_ms} ms", (("rma_id", rma),))
+    mismatch = _mismatch(facts)
+    if mismatch:
+        open_now["status_mismatch"] = ("status_mismatch", (mismatch_since or now) + slas.status_grace_ms,
+                                       mismatch, ())
+    return open_now
+
+
 # ----------------------------------------------------------------------------- routing facts to orders
 
 ORDER_FACT_TOPICS = frozenset({"canonical.order", "canonical.order-line", "canonical.allocation",
-                               "canonical.return"})
-KEYED_FACT_TOPICS = {"canonical.invoice": "invoice_id", "canonical.credit-memo": "credit_memo_id"}  # via IdRouter
+                               "canonical.return", "canonical.invoice", "canonical.credit-memo"})
 SHIPMENT_TOPICS = frozenset({"canonical.shipment", "canonical.shipment-line"})
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A fact on its way to the status of channel order `key`."""
+
+    key: str
+    fact: Emit
+
+
+def retraction(fact: Emit, cause: Emit) -> Emit:
+    """The fact as a delete at the position of `cause` (the change that moved it): what its old order forgets."""
+    return Emit(fact.topic, fact.key, fact.schema, {**fact.value, "op": "delete", "source": cause.value["source"]},
+                cause.time, cause.order, tx=cause.tx)
+
+
+def moved(fact: Emit, cause: Emit, **changes: Any) -> Emit:
+    """The fact for its new order, at the position of the change that moved it."""
+    return Emit(fact.topic, fact.key, fact.schema, {**fact.value, **changes, "source": cause.value["source"]},
+                cause.time, cause.order, tx=cause.tx)
 
 
 @dataclass(slots=True)
 class RouteState:
-    """Where facts of one ERP order (or WMS shipment) go, and the facts waiting to learn it."""
+    """Where facts of one ERP order (or WMS shipment) go, the facts waiting to learn it, and what went there."""
 
     target: str | None = None
     waiting: list[Emit] = field(default_factory=list)
+    sent: dict[tuple[str, str], Emit] = field(default_factory=dict)  # (topic, key) -> newest fact sent
+
+    def copy(self) -> RouteState:
+        return RouteState(self.target, list(self.waiting), dict(self.sent))
 
 
 class ShipmentRouter:
-    """Keyed by shipment id: stamps shipment lines with the shipment's order id."""
+    """Keyed by shipment id: stamps shipment lines with the shipment's order id (WMS lines lack it)."""
 
-    def apply(self, state: RouteState | None, event: Emit) -> tuple[RouteState, list[Emit]]:
+    def apply(self, state: RouteState | None, key: str, item: Any, time: int) -> tuple[RouteState | None, list[Any]]:
+        if not isinstance(item, Emit):
+            return state, []
         st = state or RouteState()
-        v = event.value
-        if event.topic == "canonical.shipment" and v["op"] == "upsert" and st.target is None:
-            st.target = str(v["order_id"])
+        v = item.value
+        out: list[Any] = []
+        if item.topic == "canonical.shipment" and v.get("order_id") is not None:
+            target = str(v["order_id"])
+            if st.target is not None and target != st.target:  # moved to another order: its lines go too
+                lines = [f for (topic, _), f in st.sent.items() if topic != "canonical.shipment"]
+                out.extend(retraction(f, item) for f in st.sent.values())
+                out.extend(moved(f, item, order_id=int(target)) for f in lines)
+                st.sent = {}
+            st.target = target
         if st.target is None:
-            st.waiting.append(event)
-            return st, []
-        ready, st.waiting = [*st.waiting, event], []
+            st.waiting.append(item)
+            return st, out
+        ready, st.waiting = [*st.waiting, item], []
         order_id = int(st.target)
-        return st, [e if e.value.get("order_id") == order_id else
-                    Emit(e.topic, e.key, e.schema, {**e.value, "order_id": order_id}) for e in ready]
+        for e in ready:
+            stamped = self._stamp(e, order_id)
+            st.sent[(e.topic, e.key)] = stamped
+            out.append(stamped)
+        if item.topic == "canonical.shipment" and (v["op"] == "delete" or v.get("status") == "delivered"):
+            return None, out  # delivered (or gone): nothing more to route (late corrections are held, counted)
+        return st, out
 
+    @staticmethod
+    def _stamp(e: Emit, order_id: int) -> Emit:
+        if e.value.get("order_id") == order_id:
+            return e
+        return Emit(e.topic, e.key, e.schema, {**e.value, "order_id": order_id}, e.time, e.order)
 
-class IdRouter:
-    """Keyed by "<topic>|<row id>": remembers a row's order id from its upserts and stamps its deletes.
+    def close(self, state: RouteState | None, key: str, time: int) -> tuple[RouteState | None, list[Any]]:
+        return state, []
 
-    A PostgreSQL delete carries only the key (an invoice or credit memo id), not the order it
-    belonged to; without this, a voided invoice would never reach its order.
-    """
-
-    def apply(self, state: RouteState | None, event: Emit) -> tuple[RouteState, list[Emit]]:
-        st = state or RouteState()
-        order_id = event.value.get("order_id")
-        if order_id is not None:
-            st.target = str(order_id)
-            return st, [event]
-        if st.target is None:
-            return st, []  # the delete of a row never seen: no order to tell
-        return st, [Emit(event.topic, event.key, event.schema, {**event.value, "order_id": int(st.target)})]
+    def copy(self, state: RouteState | None) -> RouteState | None:
+        return None if state is None else state.copy()
 
 
 class OrderRouter:
     """Keyed by ERP order id: sends each fact to the order's channel key "<channel>/<external id>"."""
 
-    def apply(self, state: RouteState | None, event: Emit) -> tuple[RouteState, list[tuple[str, Emit]]]:
+    def apply(self, state: RouteState | None, key: str, item: Any, time: int) -> tuple[RouteState | None, list[Any]]:
+        if not isinstance(item, Emit):
+            return state, []
         st = state or RouteState()
-        v = event.value
-        if event.topic == "canonical.order" and v["op"] == "upsert" and st.target is None:
-            st.target = f"{v['channel']}/{v['external_order_id']}"
+        v = item.value
+        out: list[Any] = []
+        if item.topic == "canonical.order" and v["op"] == "upsert":
+            target = f"{v['channel']}/{v['external_order_id']}"
+            if st.target is not None and target != st.target:  # the order now belongs to another channel key
+                out.extend(Routed(st.target, retraction(f, item)) for f in st.sent.values())
+                out.extend(Routed(target, moved(f, item)) for f in st.sent.values())
+                out.append(Routed(st.target, retraction(item, item)))
+            st.target = target
         if st.target is None:
-            st.waiting.append(event)
-            return st, []
-        ready, st.waiting = [*st.waiting, event], []
-        return st, [(st.target, e) for e in ready]
+            st.waiting.append(item)
+            return st, out
+        ready, st.waiting = [*st.waiting, item], []
+        for e in ready:
+            if e.topic != "canonical.order":
+                st.sent[(e.topic, e.key)] = e
+            out.append(Routed(st.target, e))
+        return st, out
+
+    def close(self, state: RouteState | None, key: str, time: int) -> tuple[RouteState | None, list[Any]]:
+        return state, []
+
+    def copy(self, state: RouteState | None) -> RouteState | None:
+        return None if state is None else state.copy()
 
 
 # ----------------------------------------------------------------------------- the status of one order
@@ -356,79 +421,82 @@ class OrderRouter:
 class BookState:
     facts: OrderFacts = field(default_factory=OrderFacts)
     shown: dict[str, Any] | None = None  # the record the channel was last told
-    version: int = 0  # facts behind the record last published (OrderFacts.applied): the ops database fences on it
-    raised: set[str] = field(default_factory=set)  # discrepancy kinds currently raised
-    armed: dict[str, Deadline] = field(default_factory=dict)  # deadlines sent to the clock
+    raised: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)  # discrepancies raised
+    armed: dict[str, tuple[str, int, str, tuple[tuple[str, Any], ...]]] = field(default_factory=dict)
     mismatch_since: int = 0
-    key: str = ""
-    dirty: bool = False  # facts changed since the last flush
+    dirty: bool = False  # facts changed in this instant
 
     def copy(self) -> BookState:
-        """A snapshot copy: containers copied, their (immutable) values shared."""
-        f = self.facts
-        facts = replace(f, lines=dict(f.lines), allocations=dict(f.allocations), shipments=dict(f.shipments),
-                        shipment_lines=dict(f.shipment_lines), invoices=dict(f.invoices), prices=dict(f.prices),
-                        freight=dict(f.freight), returns=dict(f.returns), credits=dict(f.credits))
-        return BookState(facts, self.shown, self.version, set(self.raised), dict(self.armed), self.mismatch_since,
-                         self.key, self.dirty)
+        return BookState(self.facts.copy(), self.shown, dict(self.raised), dict(self.armed), self.mismatch_since,
+                         self.dirty)
 
 
 class StatusBook:
-    """Reducer keyed by "<channel>/<external order id>": facts -> OrderStatus, exceptions, deadlines.
-
-    ``apply`` records a fact; ``flush`` (after each batch of facts, or after each fact) derives the
-    status and publishes what changed, so one source transaction's rows make one status update.
-    """
+    """Keyed by "<channel>/<external order id>": facts -> OrderStatus, exceptions and deadlines, once per instant."""
 
     def __init__(self, channels: set[str], slas: Slas) -> None:
         self.channels = channels
         self.slas = slas
 
-    def apply(self, state: BookState | None, key: str,
-              event: Emit | IntakeDecision) -> tuple[BookState, list[Emit | Deadline]]:
+    def apply(self, state: BookState | None, key: str, item: Any, time: int) -> tuple[BookState | None, list[Any]]:
+        fact = item.fact if isinstance(item, Routed) else item
+        if not isinstance(fact, Emit | IntakeDecision):
+            return state, []
         st = state or BookState()
-        st.key = key
-        if st.facts.apply(event):
+        if st.facts.apply(fact, time):
             st.dirty = True
         return st, []
 
-    def flush(self, st: BookState) -> list[Emit | Deadline]:
-        if not st.dirty:
-            return []
+    def close(self, state: BookState | None, key: str, time: int) -> tuple[BookState | None, list[Any]]:
+        if state is None or not state.dirty:
+            return state, []
+        st = state
         st.dirty = False
-        key = st.key
         channel, _, ext_id = key.partition("/")
         record = derive(st.facts, channel, ext_id)
-        out: list[Emit | Deadline] = []
-        now = st.facts.newest_ms  # (exceptions: a credit problem's time is the credit facts' too)
+        out: list[Any] = []
         found = checks(st.facts)
-        for kind, (reason, detail) in sorted(found.items()):
-            if kind not in st.raised:
-                out.append(exception(kind, "error", "order", key, reason, detail, now))
-        st.raised = set(found)
-        out.extend(self._deadlines(st, key, None if record is None else record["status"], now))
+        source = st.facts.source
+        for name, (reason, detail) in sorted(found.items()):
+            if name not in st.raised:
+                out.append(exception(name.split("/")[0], CHECK_SEVERITY, "order", _key(key, name), reason, detail,
+                                     time, source=source))
+        for name in sorted(set(st.raised) - set(found)):
+            reason, detail = st.raised[name]
+            out.append(exception(name.split("/")[0], CHECK_SEVERITY, "order", _key(key, name), f"resolved: {reason}",
+                                 detail, time, source=source, state="resolved"))
+        st.raised = found
+        out.extend(self._deadlines(st, key, None if record is None else record["status"], time))
         if record is not None and record != st.shown and channel in self.channels:
             st.shown = record
-            st.version = st.facts.applied  # grows with every fact, whatever the batches
             out.append(Emit(f"order-status.{channel}", ext_id, ORDER_STATUS_SCHEMA,
-                            {**record, "version": st.version}))
-        return out
-    def _deadlines(self, st: BookState, key: str, status: str | None, now: int) -> list[Emit | Deadline]:
-        wanted = deadlines(st.facts, status, self.slas)
-        if "status_mismatch" in wanted:
-            st.mismatch_since = st.mismatch_since or now
-            d = wanted["status_mismatch"]
-            wanted["status_mismatch"] = Deadline(d.kind, d.key, st.mismatch_since + self.slas.status_grace_ms,
-                                                 d.reason)
+                            {**record, "version": st.facts.applied}))
+        return st, out
+
+    def _deadlines(self, st: BookState, key: str, status: str | None, time: int) -> list[Any]:
+        if _mismatch(st.facts):
+            st.mismatch_since = st.mismatch_since or time
         else:
             st.mismatch_since = 0
-        out: list[Emit | Deadline] = []
+        wanted = situations(st.facts, status, self.slas, st.mismatch_since, time)
+        out: list[Any] = []
         for name in sorted(set(st.armed) | set(wanted)):
             new, old = wanted.get(name), st.armed.get(name)
-            timer_key = key if "/" not in name else f"{key}/{name.split('/', 1)[1]}"
-            if new is None:
-                out.append(Deadline(old.kind if old else name, timer_key, None))
-            elif old is None or (old.due_ms, old.reason) != (new.due_ms, new.reason):
-                out.append(Deadline(new.kind, timer_key, new.due_ms, new.reason, new.detail))
+            if old is not None and (new is None or new[1] != old[1]):
+                kind, due, reason, detail = old
+                out.append(Deadline(kind, _key(key, name), due, time, False))
+                if time >= due:  # it fell due while open: raised at its due time, resolved now
+                    out.extend(overdue(kind, "order", _key(key, name), reason, due, time, dict(detail)))
+            if new is not None and (old is None or new[1] != old[1]):
+                kind, due, reason, detail = new
+                out.append(Deadline(kind, _key(key, name), due, time, True, reason, detail))
         st.armed = wanted
         return out
+
+    def copy(self, state: BookState | None) -> BookState | None:
+        return None if state is None else state.copy()
+
+
+def _key(order_key: str, name: str) -> str:
+    """The exception's business key: the order's, plus the return or other part a kind is about."""
+    return order_key if "/" not in name else f"{order_key}/{name.split('/', 1)[1]}"

@@ -17,16 +17,40 @@ class RawRecord:
     value: bytes | None
     timestamp_ms: int = 0  # the record's Kafka timestamp (0: not known)
     replayed: bool = False  # re-injected from the DLQ by `erpsync dlq replay` (coordinates are the original's)
+    channel: str = ""  # "<topic>#<partition>" it was read from ("" : its own coordinates)
+
+    @property
+    def read_from(self) -> str:
+        """The input channel: what the record's position in event time is judged against."""
+        return self.channel or f"{self.topic}#{self.partition}"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A source partition has nothing more to read for now (`wall_ms`: the reader's clock), or ever (None)."""
+
+    channel: str  # "<topic>#<partition>"
+    wall_ms: int | None
 
 
 @dataclass(frozen=True, slots=True)
 class Emit:
-    """A record to publish: `value` is shaped by the Avro schema `schema` (full name)."""
+    """A record to publish: `value` is shaped by the Avro schema `schema` (full name).
+
+    Canonical events also carry, for the steps that consume them (never published): their event
+    time, order within it and source transaction (``state.sequencer``), and `before`, the row's
+    previous image when the source logs one, so a row that moves between keys can be retracted from
+    its old key.
+    """
 
     topic: str
     key: str
     schema: str
     value: dict[str, Any]
+    time: int = 0
+    order: tuple[Any, ...] = ()
+    before: dict[str, Any] | None = None
+    tx: Any = None  # the source transaction (system, id) it is part of
 
 
 def event_ms_of(e: Emit) -> int:

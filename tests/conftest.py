@@ -36,18 +36,19 @@ def load_dump(name: str) -> list[RawRecord]:
     return out
 
 
-def all_dumps() -> list[RawRecord]:
-    """Every fixture file: the captured ERP, WMS and heartbeat dumps, and any other *.jsonl there (a new
-    table's hand-written envelopes, see schemas/mappings/README.md)."""
+def load_captured(*, transactions: bool = False) -> list[RawRecord]:
+    """The change records of the ERP and the WMS, and heartbeats (and transaction metadata): the captured
+    dumps, then any other *.jsonl there (a new table's hand-written envelopes, schemas/mappings/README.md)."""
     captured = ["erp.jsonl", "wms.jsonl", "heartbeats.jsonl"]
     others = sorted(p.name for p in FIXTURES.glob("*.jsonl") if p.name not in captured)
-    return [r for name in [*captured, *others] for r in load_dump(name)]
+    records = [r for name in [*captured, *others] for r in load_dump(name)]
+    return records if transactions else [r for r in records if not r.topic.endswith(".transaction")]
 
 
 @pytest.fixture(scope="session")
 def captured() -> list[RawRecord]:
-    """Every fixture record: ERP, WMS, heartbeats and the hand-written ones."""
-    return all_dumps()
+    """Every change record of the fixtures: ERP, WMS, heartbeats, hand-written ones (no transaction metadata)."""
+    return load_captured()
 
 
 def envelope(raw: RawRecord) -> dict:  # type: ignore[type-arg]

@@ -9,17 +9,19 @@ from typing import Any
 import pytest
 
 from schemas.registry import SchemaRegistry
-from state.changes import TOAST_PLACEHOLDER, Canonicalizer, source_position
+from state.changes import TOAST_PLACEHOLDER, Canonicalizer, PartitionReader, source_position
 from state.records import DeadLetter, Emit, Ignored, RawRecord
 from tests.conftest import envelope
 
 
 def run(canonicalizer: Canonicalizer, records: list[RawRecord]) -> list[Any]:
-    logs: dict[str, Any] = {}
+    """Each partition through its own reader, as the flow runs them."""
+    reader = PartitionReader(canonicalizer, grace_ms=0)
+    states: dict[str, Any] = {}
     out: list[Any] = []
     for raw in records:
         part = f"{raw.topic}#{raw.partition}"
-        logs[part], outcomes = canonicalizer.apply(logs.get(part), raw)
+        states[part], outcomes = reader.apply(states.get(part), raw)
         out.extend(outcomes)
     return out
 
@@ -80,11 +82,27 @@ def test_date_columns_become_days(captured: list[RawRecord], canonicalizer: Cano
     assert emit.value["unit_price"] in ("12.5000", "3.9900")
 
 
-def test_delete_carries_only_the_key(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+def test_delete_carries_the_row_it_removed(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
     delete = first(captured, "erp.erp.price_list_lines", "d")
     [emit] = run(canonicalizer, [delete])
     assert emit.value["op"] == "delete"
-    assert emit.value["unit_price"] is None  # PostgreSQL's before image has only the key: no made-up zero
+    assert emit.value["unit_price"] == envelope(delete)["before"]["unit_price"]  # REPLICA IDENTITY FULL
+    assert emit.value["sku"] == envelope(delete)["before"]["sku"]
+
+
+def test_delete_without_a_full_image_carries_only_the_key(captured: list[RawRecord], registry: SchemaRegistry,
+                                                         tmp_path: Any) -> None:
+    """A source logging only key columns: the delete says which row went, nothing made up."""
+    from flows.canonicalize import make_canonicalizer  # noqa: PLC0415
+    from schemas.mapping import MAPPINGS_DIR  # noqa: PLC0415
+
+    for path in MAPPINGS_DIR.glob("*.toml"):
+        (tmp_path / path.name).write_text(path.read_text().replace("full_before_image = true", ""))
+    delete = first(captured, "erp.erp.price_list_lines", "d")
+    doc = envelope(delete)
+    doc["before"] = {k: (v if k in ("price_list_id", "sku", "valid_from") else None) for k, v in doc["before"].items()}
+    [emit] = run(make_canonicalizer(registry, tmp_path), [with_value(delete, doc)])
+    assert emit.value["op"] == "delete" and emit.value["unit_price"] is None
     assert emit.value["sku"] == envelope(delete)["before"]["sku"]
 
 
@@ -93,20 +111,25 @@ def test_tombstone_is_counted_not_published(captured: list[RawRecord], canonical
     assert run(canonicalizer, [tomb]) == [Ignored("tombstone", tomb.topic, tomb.partition, tomb.offset)]
 
 
-def test_toast_placeholder_is_merged_with_the_last_value(captured: list[RawRecord],
-                                                        canonicalizer: Canonicalizer) -> None:
+def test_toast_placeholder_takes_the_before_image(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
+    """REPLICA IDENTITY FULL: the old row, TOASTed values included, comes with the update."""
     create, update = first(captured, "erp.erp.order_intake", "c"), first(captured, "erp.erp.order_intake", "u")
-    assert envelope(update)["after"]["payload"] == TOAST_PLACEHOLDER
-    out = run(canonicalizer, [create, update])
+    doc = envelope(update)
+    assert doc["before"]["payload"] == envelope(create)["after"]["payload"]  # captured with FULL
+    doc["after"]["payload"] = TOAST_PLACEHOLDER  # what a source without FULL sends for an unchanged value
+    out = run(canonicalizer, [create, with_value(update, doc)])
     assert out[1].value["payload"] == envelope(create)["after"]["payload"]
     assert out[1].value["status"] == "imported"
     assert TOAST_PLACEHOLDER not in json.dumps([o.value for o in out])
 
 
-def test_toast_placeholder_without_history_goes_to_dlq(captured: list[RawRecord],
-                                                      canonicalizer: Canonicalizer) -> None:
-    [dead] = run(canonicalizer, [first(captured, "erp.erp.order_intake", "u")])
-    assert isinstance(dead, DeadLetter) and "TOAST" in dead.reason
+def test_toast_placeholder_without_a_before_image_goes_to_dlq(captured: list[RawRecord],
+                                                             canonicalizer: Canonicalizer) -> None:
+    create, update = first(captured, "erp.erp.order_intake", "c"), first(captured, "erp.erp.order_intake", "u")
+    doc = envelope(update)
+    doc["after"]["payload"], doc["before"] = TOAST_PLACEHOLDER, None
+    dead = run(canonicalizer, [create, with_value(update, doc)])[1]
+    assert isinstance(dead, DeadLetter) and "TOAST" in dead.reason and "REPLICA IDENTITY FULL" in dead.reason
 
 
 def test_duplicate_redelivery_changes_nothing(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
@@ -124,7 +147,9 @@ def test_snapshot_read_is_an_upsert(captured: list[RawRecord], canonicalizer: Ca
 
 
 def test_stale_event_after_newer_one_is_ignored(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
-    balances = [r for r in captured if r.topic == "wms.wms.inventory_balances" and r.value]
+    """A partition never goes back: a change older than one already applied is stale (a redelivery)."""
+    balances = [r for r in captured if r.topic == "wms.wms.inventory_balances" and r.value
+                and envelope(r)["source"]["snapshot"] == "false"]
     newest_first = list(reversed(balances))
     out = run(canonicalizer, newest_first)
     emitted_positions: dict[str, list[str]] = {}
@@ -195,16 +220,15 @@ def test_non_owner_change_is_a_sor_violation(captured: list[RawRecord], registry
     assert exc.value["kind"] == "sor_violation" and exc.value["entity"] == "item"
 
 
-def test_truncate_deletes_every_known_row(captured: list[RawRecord], canonicalizer: Canonicalizer) -> None:
-    creates = [r for r in captured if r.topic == "erp.erp.customers" and r.value]
-    last = creates[-1]
+def test_truncate_is_a_dead_letter_saying_what_to_do(captured: list[RawRecord],
+                                                    canonicalizer: Canonicalizer) -> None:
+    """A TRUNCATE names no rows: nothing downstream can be told which went; the DLQ says to re-snapshot."""
+    last = [r for r in captured if r.topic == "erp.erp.customers" and r.value][-1]
     doc = envelope(last)
     truncate = {"op": "t", "before": None, "after": None,
                 "source": {**doc["source"], "sequence": json.dumps(["99999999999", "99999999999"])}}
-    out = run(canonicalizer, [*creates, dataclasses.replace(last, value=json.dumps(truncate).encode(),
-                                                             offset=last.offset + 1)])
-    deletes = [o for o in out if isinstance(o, Emit) and o.value["op"] == "delete"]
-    assert len(deletes) == len({o.key for o in out if isinstance(o, Emit)})
+    [dead] = run(canonicalizer, [dataclasses.replace(last, value=json.dumps(truncate).encode())])
+    assert isinstance(dead, DeadLetter) and "TRUNCATE" in dead.reason and "snapshot" in dead.reason
 
 
 def test_positions_are_totally_ordered_per_source(captured: list[RawRecord]) -> None:

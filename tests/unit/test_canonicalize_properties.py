@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.registry import SchemaRegistry
-from state.changes import Canonicalizer
+from state.changes import Canonicalizer, PartitionReader
 from state.records import DeadLetter, Emit, Ignored, RawRecord
-from tests.conftest import all_dumps
+from tests.conftest import load_captured
 
-CAPTURED = all_dumps()
+CAPTURED = load_captured(transactions=True)
 JSON_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
 
 
@@ -48,20 +48,19 @@ def corrupted(draw: st.DrawFn) -> RawRecord:
 @given(st.lists(corrupted(), max_size=60))
 def test_every_record_is_accounted_for(canonicalizer: Canonicalizer, registry: SchemaRegistry,
                                        records: list[RawRecord]) -> None:
-    logs: dict[str, Any] = {}
+    reader = PartitionReader(canonicalizer, grace_ms=0)
+    states: dict[str, Any] = {}
     for raw in records:
         part = f"{raw.topic}#{raw.partition}"
-        logs[part], outcomes = canonicalizer.apply(logs.get(part), raw)  # never raises
-        assert outcomes, raw
+        states[part], outcomes = reader.apply(states.get(part), raw)  # never raises
+        assert len(outcomes) == 1, raw  # one outcome per record: canonical, dead letter, or ignored
         assert all(isinstance(o, Emit | DeadLetter | Ignored) for o in outcomes)
-        if len(outcomes) > 1:  # only a TRUNCATE fans out, into deletes
-            assert all(isinstance(o, Emit) and o.value["op"] == "delete" for o in outcomes)
         for o in outcomes:
             if isinstance(o, DeadLetter):
                 assert o.reason and o.raw == raw  # original bytes, with a reason
             if isinstance(o, Ignored):
                 assert o.reason in {"heartbeat", "tombstone", "ignored_table", "duplicate_or_stale",
-                                    "logical_message", "truncate_of_nothing_known"}
+                                    "logical_message", "transaction_metadata"}
             if isinstance(o, Emit):
                 registry.encode(o.schema, o.value)  # whatever passed is valid for its Avro schema
                 assert "__debezium_unavailable_value" not in json.dumps(o.value)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from erpsync.channels import load_channels
-from state.intake import Catalog, Customer, PriceLine, parse, validate
+from state.intake import Catalog, Customer, Malformed, parse, validate
 
 CHANNELS = {c.id: c for c in load_channels()}
 GOOD: dict[str, Any] = {
@@ -28,10 +28,9 @@ def catalog() -> Catalog:
         customers={"C-000123": Customer("C-000123", "PL-1", False, "US-TX-AUSTIN"),
                    "C-HOLD": Customer("C-HOLD", "PL-1", True, "US-TX-AUSTIN"),
                    "C-NOTAX": Customer("C-NOTAX", "PL-1", False, None)},
-        items={"SKU-1": "active", "SKU-OLD": "discontinued"},
-        prices={("PL-1", "SKU-1"): [PriceLine(Decimal("11.0000"), date(2025, 1, 1), date(2025, 12, 31)),
-                                    PriceLine(Decimal("12.5000"), date(2026, 1, 1), None)],
-                ("PL-1", "SKU-OLD"): [PriceLine(Decimal("1.0000"), date(2020, 1, 1), None)]},
+        items={"SKU-1": "active", "SKU-OLD": "discontinued", "SKU-NOPRICE": "active"},
+        # the price valid on the order's date, as the SKU's network step answers it
+        prices={("PL-1", "SKU-1"): Decimal("12.5000"), ("PL-1", "SKU-OLD"): Decimal("1.0000")},
         ats={("marketplace", "SKU-1"): 5, ("b2b-portal", "SKU-1"): 5, ("inside-sales", "SKU-1"): 0,
              ("marketplace", "SKU-OLD"): 100},
     )
@@ -43,9 +42,7 @@ def check(changes: dict[str, Any], line: dict[str, Any] | None = None, channel: 
     doc["channel"] = channel
     if line is not None:
         doc["lines"][0].update(line)
-    order = parse(json.dumps(doc).encode())
-    assert order is not None
-    return validate(order, CHANNELS[channel], catalog())
+    return validate(parse(json.dumps(doc).encode()), CHANNELS[channel], catalog())
 
 
 def test_a_good_order_is_accepted() -> None:
@@ -66,8 +63,7 @@ def test_a_good_order_is_accepted() -> None:
     ({}, {"sku": "SKU-NONE"}, "marketplace", ["unknown_sku", "price_mismatch", "insufficient_stock"]),
     ({}, {"sku": "SKU-OLD", "unit_price": "1.0000"}, "marketplace", ["inactive_sku"]),
     ({}, {"unit_price": "12.5100"}, "marketplace", ["price_mismatch"]),
-    ({"placed_at": "2025-06-01T10:00:00Z"}, {"unit_price": "11.0000"}, "marketplace", []),  # price of that day
-    ({"placed_at": "2019-06-01T10:00:00Z"}, None, "marketplace", ["price_mismatch"]),  # no line valid then
+    ({}, {"sku": "SKU-NOPRICE"}, "marketplace", ["price_mismatch", "insufficient_stock"]),  # no price that day
     ({}, {"qty": 0}, "marketplace", ["invalid_quantity"]),
     ({}, {"qty": 1.5}, "marketplace", ["invalid_quantity"]),
     ({}, {"qty": "2"}, "marketplace", ["invalid_quantity"]),
@@ -87,12 +83,9 @@ def test_price_tolerance_is_the_channels() -> None:
         update={"price_tolerance": Decimal("0.02")})})
     doc = copy.deepcopy(GOOD)
     doc["lines"][0]["unit_price"] = "12.5200"
-    order = parse(json.dumps(doc).encode())
-    assert order is not None
-    assert validate(order, tolerant, catalog()) == []
+    assert validate(parse(json.dumps(doc).encode()), tolerant, catalog()) == []
     doc["lines"][0]["unit_price"] = "12.5300"
-    order = parse(json.dumps(doc).encode())
-    assert order is not None and validate(order, tolerant, catalog()) == ["price_mismatch"]
+    assert validate(parse(json.dumps(doc).encode()), tolerant, catalog()) == ["price_mismatch"]
 
 
 @pytest.mark.parametrize("raw", [
@@ -102,4 +95,50 @@ def test_price_tolerance_is_the_channels() -> None:
     json.dumps({**GOOD, "lines": [{"sku": "SKU-1"}]}).encode(), b"\xff\xfe",
 ])
 def test_malformed_orders_do_not_parse(raw: bytes) -> None:
-    assert parse(raw) is None
+    with pytest.raises(Malformed):
+        parse(raw)
+
+
+@pytest.mark.parametrize(("field", "value", "named"), [
+    ("unit_price", 213.3000000000000000000000000000000000001, "lines[0].unit_price"),  # a JSON number, 40 places
+    ("unit_price", "213.30000000000000000000000000000000000001", "lines[0].unit_price"),
+    ("unit_price", "12.50001", "lines[0].unit_price"),  # five places: the ERP column has four
+    ("freight_total", "5.0000000000000000000000000000000000000001", "freight_total"),
+    ("tax_total", "1.201", "tax_total"),
+])
+def test_numbers_are_exact_and_at_the_erps_scale(field: str, value: Any, named: str) -> None:
+    doc = copy.deepcopy(GOOD)
+    if field == "unit_price":
+        doc["lines"][0]["unit_price"] = value
+    else:
+        doc[field] = value
+    raw = json.dumps(doc).encode()
+    if isinstance(value, float):  # write the number as the channel did, not as Python's float repr
+        raw = raw.replace(json.dumps(value).encode(), b"213.3000000000000000000000000000000000001")
+    with pytest.raises(Malformed, match=named.replace("[", r"\[").replace("]", r"\]")):
+        parse(raw)
+
+
+def test_json_numbers_are_read_as_decimals_not_floats() -> None:
+    raw = json.dumps(GOOD).replace('"12.5000"', "12.5000").replace('"5.00"', "5.10").encode()
+    order = parse(raw)
+    assert order.lines[0]["unit_price"] == Decimal("12.5000") and order.doc["freight_total"] == Decimal("5.10")
+    assert validate(order, CHANNELS["marketplace"], catalog()) == []
+
+
+def test_deep_nesting_is_malformed_not_a_crash() -> None:
+    deep = b'{"channel": "marketplace", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(Malformed, match="nested deeper"):
+        parse(deep)
+
+
+def test_business_date_is_taken_in_the_business_time_zone() -> None:
+    from zoneinfo import ZoneInfo  # noqa: PLC0415
+
+    doc = {**GOOD, "placed_at": "2026-11-27T23:30:00-05:00"}  # 04:30 UTC on the 28th
+    utc = parse(json.dumps(doc).encode())
+    new_york = parse(json.dumps(doc).encode(), zone=ZoneInfo("America/New_York"))
+    assert (utc.day, new_york.day) == ((date(2026, 11, 28) - date(1970, 1, 1)).days,
+                                       (date(2026, 11, 27) - date(1970, 1, 1)).days)
+    same_instant = parse(json.dumps({**GOOD, "placed_at": "2026-11-28T04:30:00Z"}).encode())
+    assert same_instant.day == utc.day  # one instant, one date, whatever offset the channel wrote

@@ -6,7 +6,8 @@ import itertools
 import json
 from typing import Any
 
-from state.order_status import IntakeDecision, OrderFacts, derive
+from state.intake import IntakeDecision
+from state.order_status import OrderFacts, derive
 from state.records import Emit
 
 POS = itertools.count(1)
@@ -46,7 +47,7 @@ def shipment_line(ship_id: int, no: int, qty: int) -> Emit:
 def status_after(*events: Emit | IntakeDecision) -> dict[str, Any] | None:
     facts = OrderFacts()
     for e in events:
-        facts.apply(e)
+        facts.apply(e, e.event_ms if isinstance(e, IntakeDecision) else e.value["source"]["commit_ts_ms"])
     return derive(facts, "marketplace", "MP-7")
 
 
@@ -108,9 +109,9 @@ def test_rejected_carries_every_reason() -> None:
 
 def test_stale_facts_are_ignored() -> None:
     facts = OrderFacts()
-    assert facts.apply(order("released"))
+    assert facts.apply(order("released"), 2000)
     assert not facts.apply(fact("canonical.order", [7], {"order_id": 7, "status": "entered", "channel": "x",
-                                                          "external_order_id": "MP-7"}, position=1))
+                                                          "external_order_id": "MP-7"}, position=1), 2001)
     got = derive(facts, "marketplace", "MP-7")
     assert got is not None and got["status"] == "accepted"
     assert facts.header is not None and facts.header[2] == "released"

@@ -1,0 +1,160 @@
+"""Event-time order: every keyed step sees its inputs in the order of the sources' history.
+
+Inputs reach a step along several paths (one Kafka partition per source table, intermediate steps
+on several workers), so their arrival order depends on batching, worker count and how far each
+partition has been read. A ``Sequencer`` restores a deterministic order: it buffers ``Stamped``
+items and releases them sorted by ``(time, order)`` once every input channel has promised, with a
+``Mark``, that nothing older will come. Ties are broken by the source system and its log position,
+so the order is total and depends on the sources' histories only.
+
+A released batch is cut at a watermark, never inside a source transaction (``Mark.spans`` carries
+the closed transactions of each source: the watermark never falls inside one), and each item says
+whether a step may *close* after it: whether, for its key, every transaction it has seen a part of
+is complete there (``Stamped.tx``: the source transaction an item is part of, or was caused by). A
+step evaluates exceptions and publishes only when it closes, so it only ever shows states that hold
+a prefix of each source's transactions, and the same states whatever the batching.
+
+Items may ask for a ``Wake`` at a later event time (throttles, TTLs, timers): the sequencer releases
+it in order, once event time has passed it.
+
+Nothing here reads a clock: live, the sources' idle marks come from wall time; in replay, from the
+end of the input.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+END_MS = 2**62  # a channel that will send nothing more (end of a replay's input)
+WAKE_RANK = 9  # wakes come after every source item of their millisecond
+Order = tuple[Any, ...]  # (source rank, source position, sub-order...) within one millisecond
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """Every item on `channel` with event time <= `ms` has been sent (the watermark of one input channel)."""
+
+    channel: str
+    ms: int
+    spans: tuple[tuple[int, int], ...] = ()  # closed transactions (first ms, last ms) of this channel's system
+
+
+@dataclass(slots=True)
+class Stamped:
+    """An item for the keyed step `step`, key `key`, at event time `time`; `last` is set on release."""
+
+    step: str
+    key: str
+    time: int
+    order: Order
+    item: Any
+    wake: int = 0  # ask for a Wake for this key at this event time (0: none)
+    tx: Any = None  # the source transaction it is part of or caused by (None: a transaction of its own)
+    last: bool = False  # the key's state after it holds only whole transactions: the step may close
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Event time has reached `ms` for the key it is addressed to (asked for by an earlier item)."""
+
+    ms: int
+
+
+@dataclass(slots=True)
+class SeqState:
+    heap: list[tuple[int, Order, int, Stamped]] = field(default_factory=list)
+    marks: dict[str, int] = field(default_factory=dict)
+    spans: list[tuple[int, int]] = field(default_factory=list)  # closed, not yet wholly released
+    released: int = -1  # the watermark released so far
+    wakes: list[tuple[int, str, str]] = field(default_factory=list)  # (ms, step, key), a heap
+    seq: int = 0  # arrival counter: keeps heap entries comparable, never decides order among equals
+    late: int = 0  # items that arrived after the watermark had passed them (counted, released at once)
+
+    def copy(self) -> SeqState:
+        return SeqState(list(self.heap), dict(self.marks), list(self.spans), self.released, list(self.wakes),
+                        self.seq, self.late)
+
+
+class Sequencer:
+    """Reducer of one sequencing shard: items and marks in, items in event-time order out."""
+
+    def __init__(self, channels: Iterable[str]) -> None:
+        self.channels = frozenset(channels)
+
+    def apply(self, state: SeqState | None, item: Stamped | Mark) -> tuple[SeqState, list[Stamped]]:
+        st = state or SeqState()
+        if isinstance(item, Mark):
+            return st, self._mark(st, item)
+        if item.time <= st.released:  # a promise was broken upstream: keep going, in arrival order
+            st.late += 1
+            item.last = True
+            return st, [item]
+        st.seq += 1
+        heapq.heappush(st.heap, (item.time, item.order, st.seq, item))
+        if item.wake:
+            heapq.heappush(st.wakes, (item.wake, item.step, item.key))
+        return st, []
+
+    def watermark(self, st: SeqState) -> int | None:
+        """What every expected channel has promised, moved back so that no closed span is cut."""
+        if not self.channels:
+            return END_MS
+        try:
+            low = min(st.marks[c] for c in self.channels)
+        except KeyError:
+            return None  # a channel not heard from yet may still send anything
+        for first, last in sorted(st.spans, reverse=True):
+            if first <= low < last:
+                low = first - 1
+        return low
+
+    def _mark(self, st: SeqState, mark: Mark) -> list[Stamped]:
+        if mark.channel not in self.channels:
+            return []
+        if mark.ms > st.marks.get(mark.channel, -1):
+            st.marks[mark.channel] = mark.ms
+        if mark.spans:
+            st.spans.extend(s for s in mark.spans if s[1] > st.released)
+        low = self.watermark(st)
+        if low is None or low <= st.released:
+            return []
+        return self.release(st, low)
+
+    def release(self, st: SeqState, upto: int) -> list[Stamped]:
+        """Everything buffered at or before `upto`, in order; each key's last item of an instant flagged."""
+        out: list[Stamped] = []
+        heap, wakes = st.heap, st.wakes
+        while heap and heap[0][0] <= upto:
+            out.append(heapq.heappop(heap)[3])
+        if wakes and wakes[0][0] <= upto:
+            due: set[tuple[int, str, str]] = set()
+            while wakes and wakes[0][0] <= upto:
+                due.add(heapq.heappop(wakes))
+            out.extend(Stamped(step, key, ms, (WAKE_RANK,), Wake(ms)) for ms, step, key in sorted(due))
+            out.sort(key=_position)
+        st.released = upto
+        if st.spans:
+            st.spans = [s for s in st.spans if s[1] > upto]
+        mark_closing(out)
+        return out
+
+
+def mark_closing(items: list[Stamped]) -> None:
+    """Flag the items after which their key holds only whole transactions (and its last one)."""
+    last_of: dict[tuple[str, str, Any], int] = {}
+    for i, s in enumerate(items):
+        if s.tx is not None:
+            last_of[(s.step, s.key, s.tx)] = i
+    open_until: dict[tuple[str, str], int] = {}
+    for i, s in enumerate(items):
+        key = (s.step, s.key)
+        end = max(open_until.get(key, i), last_of.get((s.step, s.key, s.tx), i) if s.tx is not None else i)
+        open_until[key] = end
+        s.last = end == i
+
+
+def _position(s: Stamped) -> tuple[int, Order]:
+    return s.time, s.order

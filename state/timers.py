@@ -1,0 +1,104 @@
+"""Service-level timers on event time (spec section 9), fired when event time passes them.
+
+A step that sees a situation begin (an order accepted but not allocated, a return without a credit
+memo, stock for a SKU the item master lacks) sends a ``Deadline`` with its due time; when the
+situation ends it sends the same deadline disarmed. Deadlines are kept by ``Timers`` under the key of
+the minute they fall due in, so timers spread over workers and each key holds only what falls due in
+its minute; the sequencer wakes the key when event time passes the minute.
+
+A deadline fires once, at its due time (the exception's time), if it is still armed then. A deadline
+already past when it is armed fires at once. Resolution is the arming step's: it knows when the
+situation ended, and whether that was before or after the due time (``overdue``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from state import exception
+from state.sequencer import Wake
+
+BUCKET_MS = 60_000
+SEVERITY = {"allocation_sla_breach": "warning", "status_mismatch": "error", "credit_pending": "warning",
+            "unknown_sku": "warning"}
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """Arm (`armed`) or disarm the timer `kind` for business key `key`, due at `due`."""
+
+    kind: str
+    key: str
+    due: int
+    time: int  # event time of the fact that armed or disarmed it
+    armed: bool = True
+    reason: str = ""
+    detail: tuple[tuple[str, Any], ...] = ()
+    entity: str = "order"
+
+    @property
+    def bucket(self) -> str:
+        """The key of the minute it falls due in."""
+        return str(self.due - self.due % BUCKET_MS)
+
+    @property
+    def wake(self) -> int:
+        """When the minute's key must look at it: the minute's last millisecond."""
+        return self.due - self.due % BUCKET_MS + BUCKET_MS - 1
+
+
+def overdue(kind: str, entity: str, key: str, reason: str, due: int, cleared_ms: int,
+            detail: dict[str, Any]) -> list[Any]:
+    """A deadline that passed before its situation ended: the exception at its due time, resolved at the end.
+
+    The timer may have fired it already (same id, same time): the queue keeps one exception.
+    """
+    return [exception(kind, SEVERITY.get(kind, "warning"), entity, key, reason, {**detail, "due_ms": due}, due),
+            exception(kind, SEVERITY.get(kind, "warning"), entity, key, f"resolved: {reason}",
+                      {**detail, "due_ms": due, "cleared_ms": cleared_ms}, cleared_ms, state="resolved")]
+
+
+@dataclass(slots=True)
+class TimerState:
+    armed: dict[tuple[str, str], Deadline] = field(default_factory=dict)
+
+    def copy(self) -> TimerState:
+        return TimerState(dict(self.armed))
+
+
+class Timers:
+    """Keyed by the minute deadlines fall due in: arm, disarm, and fire what is due when woken."""
+
+    def apply(self, state: TimerState | None, key: str, item: Any, time: int) -> tuple[TimerState | None, list[Any]]:
+        st = state or TimerState()
+        if isinstance(item, Wake):
+            return self._fire(st, item.ms)
+        if not isinstance(item, Deadline):
+            return state, []
+        name = (item.kind, item.key)
+        if not item.armed:
+            if name in st.armed and st.armed[name].due == item.due:
+                del st.armed[name]
+        elif item.due <= time:
+            st.armed.pop(name, None)
+            return (st if st.armed else None), [self._exception(item)]  # already past when armed: fire now
+        else:
+            st.armed[name] = item
+        return (st if st.armed else None), []
+
+    def _fire(self, st: TimerState, now: int) -> tuple[TimerState | None, list[Any]]:
+        due = sorted((d.due, name) for name, d in st.armed.items() if d.due <= now)
+        out = [self._exception(st.armed.pop(name)) for _, name in due]
+        return (st if st.armed else None), out
+
+    @staticmethod
+    def _exception(d: Deadline) -> Any:
+        return exception(d.kind, SEVERITY.get(d.kind, "warning"), d.entity, d.key, d.reason,
+                         {**dict(d.detail), "due_ms": d.due}, d.due)
+
+    def close(self, state: TimerState | None, key: str, time: int) -> tuple[TimerState | None, list[Any]]:
+        return state, []
+
+    def copy(self, state: TimerState | None) -> TimerState | None:
+        return None if state is None else state.copy()
