@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from schemas.compat import mode_of
 from schemas.registry import SchemaRegistry, schema_text
 from state import EXCEPTION_SCHEMA
-from state.ats import AVAILABILITY_SCHEMA
+from state.availability import AVAILABILITY_SCHEMA
 from state.channels import Channel
 from state.intake import ACCEPTED_ORDER_SCHEMA, ORDER_INTAKE_OUT_TOPIC
 from state.order_status import ORDER_STATUS_SCHEMA

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from erpsync import runner
+from erpsync.settings import FlowSettings, Settings
 from schemas.mapping import MAPPINGS_DIR
 from schemas.registry import SCHEMA_DIR, SchemaRegistry
 
@@ -76,8 +77,8 @@ def with_a_bad_row(fixture: Path, target: Path) -> Path:
 def test_the_example_replays_through_the_pipeline(project: Path, workers: int) -> None:
     out = project / "out.jsonl"
     dump = with_a_bad_row(EXAMPLE / "erp.suppliers.jsonl", project / "dump.jsonl")
-    counts = runner.replay(SchemaRegistry.load(project / "avro"), dump, out,
-                           workers=workers, mappings_dir=project / "mappings")
+    settings = Settings(flows=FlowSettings(mappings_dir=project / "mappings"))
+    counts = runner.replay(settings, SchemaRegistry.load(project / "avro"), dump, out, workers=workers)
     assert counts["canonical.supplier"] == 4 and counts["sync.dlq"] == 1 and counts["ignored:tombstone"] == 1
     records = [json.loads(line) for line in out.read_text().splitlines()]
     supplier: dict[str, list[dict[str, Any]]] = {}
