@@ -24,6 +24,7 @@ _PACKAGES = {
     "redis-server": "/usr/bin/redis-server",
     "openjdk-17-jre-headless": "/usr/bin/java",
     "maven": "/usr/bin/mvn",
+    "kcat": "/usr/bin/kcat",  # how channel teams read topics; the registry's integration test uses it
 }
 
 
