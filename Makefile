@@ -18,6 +18,7 @@ demo: $(STAMP)
 
 test: lint typecheck stack-up
 	$(BIN)/erpsync schemas check
+	$(BIN)/erpsync mappings check
 	$(BIN)/pytest
 
 lint: $(STAMP)

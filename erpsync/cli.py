@@ -15,8 +15,8 @@ from erpsync.settings import Settings, load_settings
 from erpsync.stack.components import all_components, load_connector_configs
 from erpsync.stack.connect import ConnectClient
 from erpsync.stack.process import tail
-from schemas.compat import check_directory
-from schemas.registry import RELEASED_DIR, SCHEMA_DIR, SchemaRegistry
+from schemas.compat import check_directory, release
+from schemas.registry import RELEASED_DIR, SCHEMA_DIR, SchemaRegistry, released_versions
 
 log = logging.getLogger("erpsync")
 
@@ -44,6 +44,8 @@ def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
                   f"{row['endpoint']:<24} log={row['log']}")
             for name, st in row.get("connectors", {}).items():
                 print(f"  connector {name}: {st['connector']}, tasks {', '.join(st['tasks']) or 'none'}")
+            if "subjects" in row:
+                print(f"  subjects registered: {row['subjects'] if row['subjects'] is not None else '?'}")
             for slot, lag in row.get("replication_slots", {}).items():
                 print(f"  replication slot {slot}: lag {lag if lag is not None else '?'} bytes")
     return 0 if all(r["state"] == "healthy" for r in rows) else 1
@@ -102,12 +104,102 @@ def _capture_fixtures(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _schemas_check(settings: Settings, args: argparse.Namespace) -> int:
-    problems = check_directory(SCHEMA_DIR, RELEASED_DIR)
+    try:
+        problems = check_directory(args.schemas, args.released)
+    except (ValueError, OSError) as exc:
+        print(f"erpsync schemas check: {exc}", file=sys.stderr)
+        return 2
     for problem in problems:
         print(f"incompatible: {problem}")
-    print("schemas: " + ("backward compatible with the last release" if not problems else
-                         f"{len(problems)} incompatible change(s)"))
+    releases = released_versions(args.released)
+    against = f"release {releases[-1][0]} (history {', '.join(v for v, _ in releases)})" if releases else "no release"
+    print(f"schemas: compatible with {against}, each in its declared mode" if not problems else
+          f"schemas: {len(problems)} incompatible change(s) against {against}")
     return 1 if problems else 0
+
+
+def _schemas_release(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        label = release(args.schemas, args.released)
+    except (ValueError, OSError) as exc:
+        print(f"erpsync schemas release: {exc}", file=sys.stderr)
+        return 1
+    print(f"schemas: released {args.schemas} as {args.released / label}; commit it")
+    return 0
+
+
+def _schemas_register(settings: Settings, args: argparse.Namespace) -> int:
+    from confluent_kafka.schema_registry.error import SchemaRegistryError  # noqa: PLC0415
+
+    from erpsync.channels import load_channels  # noqa: PLC0415
+    from erpsync.subjects import register  # noqa: PLC0415
+
+    url = args.url or settings.kafka.schema_registry_url
+    if not url:
+        print("erpsync schemas register: no registry URL (--url or ERPSYNC_KAFKA__SCHEMA_REGISTRY_URL)",
+              file=sys.stderr)
+        return 2
+    try:
+        ids = register(url, SchemaRegistry.load(), load_channels())
+    except (SchemaRegistryError, OSError, ValueError) as exc:
+        print(f"erpsync schemas register: {url}: {exc}", file=sys.stderr)
+        return 1
+    for subject, schema_id in ids.items():
+        print(f"{subject}: id {schema_id}")
+    print(f"schemas: {len(ids)} subjects registered at {url}")
+    return 0
+
+
+def _mappings_check(settings: Settings, args: argparse.Namespace) -> int:
+    from erpsync.mappings import connector_systems, live_catalog  # noqa: PLC0415
+    from erpsync.stack.components import REFERENCE_DIR  # noqa: PLC0415
+    from schemas.mapping import MAPPINGS_DIR  # noqa: PLC0415
+    from schemas.mapping_check import check_static, check_tables, reference_catalog  # noqa: PLC0415
+
+    directory = args.mappings or settings.flows.mappings_dir or MAPPINGS_DIR
+    for what, path in (("mappings", directory), ("schemas", args.schemas)):
+        if not path.is_dir():
+            print(f"erpsync mappings check: no {what} directory {path}", file=sys.stderr)
+            return 2
+    try:
+        registry = SchemaRegistry.load(args.schemas, released=None)
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"erpsync mappings check: the schemas in {args.schemas}: {exc}", file=sys.stderr)
+        return 2
+    connectors = connector_systems()
+    problems = check_static(registry, directory, set(connectors) if connectors is not None else None)
+    if args.live:
+        systems = {m.get("system") for m in _mapping_docs(directory)} - {None}
+        catalog = live_catalog(settings, [str(s) for s in systems])
+    else:
+        paths = [p for ref in (args.reference or [REFERENCE_DIR])
+                 for p in (sorted(ref.glob("*.sql")) if ref.is_dir() else [ref])]
+        if not paths or not all(p.is_file() for p in paths):
+            print(f"erpsync mappings check: no DDL files in {args.reference or [REFERENCE_DIR]}; "
+                  "pass --reference FILE_OR_DIR or --live", file=sys.stderr)
+            return 2
+        catalog = reference_catalog(paths)
+    problems += check_tables(registry, directory, catalog)
+    for problem in problems:
+        print(f"{directory / problem.file}: {problem.key}: {problem.message}")
+    files = len([p for p in directory.glob("*.toml")])
+    print(f"mappings: {files} files in {directory} checked against {args.schemas} and {catalog.source}: "
+          + ("ok" if not problems else f"{len(problems)} problem(s)"))
+    if catalog.missing:
+        return 3  # a live system could not be read: not the mappings' fault
+    return 1 if problems else 0
+
+
+def _mapping_docs(directory: Path) -> list[dict[str, object]]:
+    import tomllib  # noqa: PLC0415
+
+    docs = []
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            docs.append(tomllib.loads(path.read_text()))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            continue  # reported by the check
+    return docs
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -209,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_stack_status)
     lg = stack_sub.add_parser("logs", help="the last lines of each component's log")
-    lg.add_argument("component", nargs="?", choices=["redis", "postgres", "mariadb", "kafka", "connect"])
+    lg.add_argument("component", nargs="?", choices=["redis", "postgres", "mariadb", "kafka", "connect", "registry"])
     lg.add_argument("-n", "--lines", type=int, default=40)
     lg.set_defaults(func=_stack_logs)
 
@@ -269,8 +361,30 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_simulate)
     sc = sub.add_parser("schemas", help="the Avro contract")
     sc_sub = sc.add_subparsers(dest="action", required=True)
-    sc_sub.add_parser("check", help="fail when a schema is not backward compatible with the last release"
-                      ).set_defaults(func=_schemas_check)
+    for action, func, text in (
+        ("check", _schemas_check, "fail when a schema breaks its compatibility mode against the released history"),
+        ("release", _schemas_release, "check, then copy the current schemas into the next released/vN"),
+    ):
+        sp = sc_sub.add_parser(action, help=text)
+        sp.add_argument("--schemas", type=Path, default=SCHEMA_DIR, help="schema directory (default: the contract)")
+        sp.add_argument("--released", type=Path, default=RELEASED_DIR, help="release history (default: the package's)")
+        sp.set_defaults(func=func)
+    rg = sc_sub.add_parser("register", help="register every schema under its topic's subject (<topic>-value) "
+                           "with its compatibility mode; idempotent")
+    rg.add_argument("--url", help="Confluent-compatible registry API (default: ERPSYNC_KAFKA__SCHEMA_REGISTRY_URL)")
+    rg.set_defaults(func=_schemas_register)
+    mp = sub.add_parser("mappings", help="the source-table mappings")
+    mp_sub = mp.add_subparsers(dest="action", required=True)
+    mc = mp_sub.add_parser("check", help="validate every mapping: keys, owner, fields and types against the Avro "
+                           "schemas, source tables and columns against DDL (or --live); exit 1 on a problem")
+    mc.add_argument("--mappings", type=Path, help="mapping directory (default: ERPSYNC_FLOWS__MAPPINGS_DIR or the "
+                    "packaged mappings)")
+    mc.add_argument("--schemas", type=Path, default=SCHEMA_DIR, help="schema directory (default: the contract)")
+    mc.add_argument("--reference", type=Path, action="append", help="DDL file or directory of *.sql (repeatable; "
+                    "default: reference/)")
+    mc.add_argument("--live", action="store_true", help="check the source tables in the live databases' "
+                    "information_schema (as each system's capture login) instead of DDL")
+    mc.set_defaults(func=_mappings_check)
     return parser
 
 

@@ -29,6 +29,8 @@ from erpsync.channels import load_channels
 from erpsync.settings import Settings
 from flows.canonicalize import make_canonicalizer
 from flows.pipeline import COMMERCE_ORDERS_TOPIC, Sinks, Sources, Topology, build_flow, replay_sinks
+from schemas.mapping import MAPPINGS_DIR
+from schemas.mapping_check import refuse_invalid_mappings
 from schemas.registry import SchemaRegistry, make_value_serializer
 from state.changes import TRANSACTION_SUFFIX
 from state.channels import Channel
@@ -92,6 +94,10 @@ def channel_serializer(channels: Sequence[Channel], avro: Serializer) -> Seriali
 
 def run(settings: Settings, registry: SchemaRegistry) -> None:
     """The live pipeline, resuming from bytewax recovery snapshots; runs until interrupted."""
+    # Mappings check (schemas/mapping_check.py): refuse to start, with one line naming the file,
+    # the key and the problem, on a mapping that would load but dead-letter or misread rows.
+    refuse_invalid_mappings(registry, settings.flows.mappings_dir or MAPPINGS_DIR)
+
     channels = load_channels()
     canonicalizer = make_canonicalizer(registry, settings.flows.mappings_dir)
     mapped = canonicalizer.mappings.topics + sorted(canonicalizer.mappings.ignored_topics)

@@ -9,9 +9,9 @@ at an existing Kafka/Connect/ERP/WMS is a matter of changing them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from state.order_status import Slas
@@ -24,7 +24,14 @@ class KafkaSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 19092
     controller_port: int = 19093
+    # Confluent wire format through this registry's Confluent-compatible API; None (set it empty)
+    # for Avro single-object encoding. Default (see Settings): the local stack's registry.
     schema_registry_url: str | None = None
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -69,6 +76,23 @@ class WmsDatabaseSettings(DatabaseSettings):
     port: int = 13306
     dbname: str = "wms"
     user: str = "root"
+
+
+class RegistrySettings(BaseModel):
+    """The local stack's schema registry (Apicurio Registry), stored in the stack's PostgreSQL."""
+
+    model_config = _FROZEN
+    host: str = "127.0.0.1"
+    port: int = 18081
+    dbname: str = "erpsync_registry"
+    user: str = "erpsync_registry"
+    password: SecretStr = SecretStr("erpsync-registry-local")
+    heap: str = "256m"
+
+    @property
+    def url(self) -> str:
+        """The Confluent-compatible API (what Confluent clients, kcat -r and Kafka UIs take)."""
+        return f"http://{self.host}:{self.port}/apis/ccompat/v7"
 
 
 class RedisSettings(BaseModel):
@@ -138,9 +162,29 @@ class Settings(BaseSettings):
     ops: OpsDatabaseSettings = OpsDatabaseSettings()
     wms: WmsDatabaseSettings = WmsDatabaseSettings()
     redis: RedisSettings = RedisSettings()
+    registry: RegistrySettings = RegistrySettings()
     stack: StackSettings = StackSettings()
     flows: FlowSettings = FlowSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registry_url_defaults_to_the_local_registry(cls, data: Any) -> Any:
+        """Unset ERPSYNC_KAFKA__SCHEMA_REGISTRY_URL means the local stack's registry, like every default.
+
+        Set it to your registry, or to an empty value for single-object encoding.
+        """
+        if not isinstance(data, dict):
+            return data
+        kafka = data.get("kafka")
+        if isinstance(kafka, BaseModel):
+            return data  # built in code: taken as given
+        kafka = dict(kafka or {})
+        if "schema_registry_url" not in kafka:
+            registry = data.get("registry")
+            registry = registry if isinstance(registry, RegistrySettings) else RegistrySettings(**(registry or {}))
+            kafka["schema_registry_url"] = registry.url
+        return {**data, "kafka": kafka}
 
     @property
     def recovery_dir(self) -> Path:

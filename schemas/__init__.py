@@ -1,1 +1,1 @@
-"""The Avro contract (``avro/*.avsc``), its last released versions (``released/``), and its serde."""
+"""The Avro contract: schemas, release history, serde, evolution rules; source-table mappings and their check."""

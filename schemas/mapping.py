@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 MAPPINGS_DIR = Path(__file__).with_name("mappings")
+IGNORE_FILE = "ignore.toml"
+MAPPING_KEYS = frozenset({"system", "table", "entity", "fields", "toastable", "full_before_image", "non_owner"})
+FIELD_SPEC_KEYS = frozenset({"type", "from", "min", "symbols", "required"})
 _EPOCH_DATE = date(1970, 1, 1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -220,23 +223,45 @@ class TableMapping:
         return out
 
 
+def field_type_error(spec: Mapping[str, Any]) -> str | None:
+    """What is wrong with a field's type and rules ({type, min, symbols, ...}), or None."""
+    type_name = spec.get("type")
+    if not isinstance(type_name, str):
+        return f"type must be a string, got {type_name!r}"
+    if type_name.startswith("decimal:"):
+        if not type_name.split(":", 1)[1].isdigit():
+            return f"unknown type {type_name!r}; a decimal is decimal:<scale>, e.g. decimal:2"
+    elif type_name == "enum":
+        if not spec.get("symbols"):
+            return "enum without symbols"
+    elif type_name not in _SIMPLE:
+        return (f"unknown type {type_name!r}; expected one of {', '.join(sorted(_SIMPLE))}, enum, "
+                "decimal:<scale>")
+    if "min" in spec and type_name not in ("int", "long"):
+        return "'min' applies to int and long fields only"
+    return None
+
+
 def _compile(path: Path, doc: dict[str, Any], key: tuple[str, ...]) -> TableMapping:
+    unknown = sorted(set(doc) - MAPPING_KEYS)
+    if unknown:
+        raise ValueError(f"{path.name}: unknown keys {unknown}; expected {sorted(MAPPING_KEYS)}")
     rules = []
     for name, spec in doc["fields"].items():
         spec = {"type": spec} if isinstance(spec, str) else dict(spec)
+        error = field_type_error(spec)
+        if error:
+            raise ValueError(f"{path.name}: field {name}: {error}")
+        unknown = sorted(set(spec) - FIELD_SPEC_KEYS)
+        if unknown:
+            raise ValueError(f"{path.name}: field {name}: unknown keys {unknown}; expected {sorted(FIELD_SPEC_KEYS)}")
         type_name = spec["type"]
         if type_name.startswith("decimal:"):
             conv = _decimal(int(type_name.split(":", 1)[1]))
         elif type_name == "enum":
-            if not spec.get("symbols"):
-                raise ValueError(f"{path.name}: field {name}: enum without symbols")
             conv = _string
-        elif type_name in _SIMPLE:
-            conv = _SIMPLE[type_name]
         else:
-            raise ValueError(f"{path.name}: field {name}: unknown type {type_name!r}")
-        if "min" in spec and type_name not in ("int", "long"):
-            raise ValueError(f"{path.name}: field {name}: 'min' applies to int and long fields only")
+            conv = _SIMPLE[type_name]
         rules.append(FieldRule(
             name=name,
             column=spec.get("from", name),
@@ -282,7 +307,7 @@ def load_mappings(
     ignored: frozenset[str] = frozenset()
     for path in sorted(directory.glob("*.toml")):
         doc = tomllib.loads(path.read_text())
-        if path.name == "ignore.toml":
+        if path.name == IGNORE_FILE:
             ignored = frozenset(doc.get("tables", ()))
             continue
         entity = str(doc.get("entity"))

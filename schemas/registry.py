@@ -18,7 +18,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -32,8 +33,9 @@ from fastavro.types import Schema
 logger = logging.getLogger(__name__)
 
 SCHEMA_DIR = Path(__file__).with_name("avro")
-RELEASED_DIR = Path(__file__).with_name("released")
+RELEASED_DIR = Path(__file__).with_name("released")  # released/v1, released/v2, ...: every release
 COMMON_FILE = "common.avsc"
+_VERSION_DIR = re.compile(r"v([1-9][0-9]*)")
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
@@ -79,12 +81,13 @@ class SchemaRegistry:
     def __init__(
         self,
         definitions: Mapping[str, dict[str, Any]],
-        released: Mapping[str, dict[str, Any]] | None = None,
+        released: Mapping[str, dict[str, Any]] | Sequence[Mapping[str, dict[str, Any]]] | None = None,
     ) -> None:
         """Compile self-contained schema definitions (as :func:`read_schema_files` returns them).
 
-        ``released`` are the last released versions: their fingerprints stay decodable, resolved to
-        the current schema, so data written before an upgrade can still be read after it.
+        ``released``: released versions (one release, or every release oldest first). Their
+        fingerprints stay decodable, resolved to the current schema, so data written with any release
+        can still be read after an upgrade.
         """
         self._schemas = {name: _compile(d) for name, d in definitions.items()}
         schemas = self._schemas.values()
@@ -92,10 +95,12 @@ class SchemaRegistry:
         # Hot path: name -> (header, parsed) and fingerprint -> (name, writer, reader or None).
         self._encoders = {s.name: (SINGLE_OBJECT_MAGIC + s.fingerprint, s.parsed) for s in schemas}
         self._decoders: dict[bytes, tuple[str, Schema, Schema | None]] = {}
-        for name, definition in (released or {}).items():
-            if name in self._schemas:
-                old = _compile(definition)
-                self._decoders[old.fingerprint] = (name, old.parsed, self._schemas[name].parsed)
+        releases = [released] if isinstance(released, Mapping) else list(released or ())
+        for release in releases:
+            for name, definition in release.items():
+                if name in self._schemas:
+                    old = _compile(definition)
+                    self._decoders[old.fingerprint] = (name, old.parsed, self._schemas[name].parsed)
         for s in schemas:
             self._decoders[s.fingerprint] = (s.name, s.parsed, None)
 
@@ -103,13 +108,18 @@ class SchemaRegistry:
     def load(cls, directory: Path | None = None, *, released: Path | None = None) -> SchemaRegistry:
         """Load the schemas in ``directory`` (default: the package's contract).
 
-        With the default directory, the package's released versions are loaded too (see __init__).
+        ``released``: a release history (``v1/``, ``v2/``, ...) or one release's directory of .avsc
+        files; with the default directory, the package's release history.
         """
         if directory is None:
             directory = SCHEMA_DIR
             released = RELEASED_DIR if released is None else released
-        registry = cls(read_schema_files(directory), read_schema_files(released) if released else None)
-        logger.info("loaded %d Avro schemas from %s", len(registry._schemas), directory)
+        history: list[dict[str, dict[str, Any]]] = []
+        if released is not None:
+            history = [d for _, d in read_history(released)] or [read_schema_files(released)]
+        registry = cls(read_schema_files(directory), history)
+        logger.info("loaded %d Avro schemas from %s (%d release(s))", len(registry._schemas), directory,
+                    len(history))
         return registry
 
     def names(self) -> list[str]:
@@ -202,6 +212,19 @@ def read_schema_files(directory: Path) -> dict[str, dict[str, Any]]:
     return schemas
 
 
+def released_versions(root: Path) -> list[tuple[str, Path]]:
+    """The release directories under ``root`` (``v1``, ``v2``, ...), oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _VERSION_DIR.fullmatch(p.name))]
+    return [(p.name, p) for _, p in sorted(found)]
+
+
+def read_history(root: Path) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+    """Every released version's schemas by full name, oldest first."""
+    return [(label, read_schema_files(path)) for label, path in released_versions(root)]
+
+
 def _fullname(named: Mapping[str, Any], namespace: str | None) -> str:
     name: str = named["name"]
     if "." in name:
@@ -284,6 +307,11 @@ def _entity_schema(schema: RecordSchema) -> EntitySchema | None:
 # ------------------------------------------------------------------ serializers for Kafka values
 
 
+def schema_text(registry: SchemaRegistry, fullname: str) -> str:
+    """A schema as registered in a schema registry: its self-contained definition, docs included."""
+    return json.dumps(registry.schema(fullname).definition)
+
+
 def make_value_serializer(registry: SchemaRegistry, schema_registry_url: str | None) -> ValueSerializer:
     """Serializer for Kafka record values: single-object encoding, or Confluent framing with a URL."""
     if schema_registry_url:
@@ -341,7 +369,7 @@ class _ConfluentSerde:
         serializer = self._serializers.get((topic, fullname))
         if serializer is None:
             _, serializer_class = _schema_registry_api()
-            schema_str = json.dumps(self._registry.schema(fullname).definition)
+            schema_str = schema_text(self._registry, fullname)
             serializer = serializer_class(self._registry_client(), schema_str)
             self._serializers[(topic, fullname)] = serializer
         data: bytes = serializer(record, SerializationContext(topic, MessageField.VALUE))

@@ -37,14 +37,17 @@ def load_dump(name: str) -> list[RawRecord]:
 
 
 def load_captured(*, transactions: bool = False) -> list[RawRecord]:
-    """The captured change records of the ERP and the WMS, and heartbeats (and transaction metadata)."""
-    records = load_dump("erp.jsonl") + load_dump("wms.jsonl") + load_dump("heartbeats.jsonl")
+    """The change records of the ERP and the WMS, and heartbeats (and transaction metadata): the captured
+    dumps, then any other *.jsonl there (a new table's hand-written envelopes, schemas/mappings/README.md)."""
+    captured = ["erp.jsonl", "wms.jsonl", "heartbeats.jsonl"]
+    others = sorted(p.name for p in FIXTURES.glob("*.jsonl") if p.name not in captured)
+    records = [r for name in [*captured, *others] for r in load_dump(name)]
     return records if transactions else [r for r in records if not r.topic.endswith(".transaction")]
 
 
 @pytest.fixture(scope="session")
 def captured() -> list[RawRecord]:
-    """Every captured change record: ERP, WMS and heartbeats (without transaction metadata)."""
+    """Every change record of the fixtures: ERP, WMS, heartbeats, hand-written ones (no transaction metadata)."""
     return load_captured()
 
 

@@ -558,6 +558,100 @@ class Connect(Component):
         return info
 
 
+class SchemaRegistryServer(Component):
+    """Apicurio Registry from Maven Central, serving the Confluent-compatible API, stored in PostgreSQL.
+
+    Its storage is a database of the stack's PostgreSQL with its own login, so schema ids survive
+    `stack down`/`up` (records in topics name their writer schema by id). At start every schema of
+    the contract is registered under its topic's subject with its compatibility mode.
+    """
+
+    program = "apicurio-registry-app"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "registry")
+
+    @property
+    def endpoint(self) -> str:
+        return self.settings.registry.url
+
+    def healthy(self) -> bool:
+        r = self.settings.registry
+        try:
+            with urllib.request.urlopen(f"http://{r.host}:{r.port}/health/ready", timeout=3) as resp:  # noqa: S310
+                ready = json.load(resp).get("status") == "UP"
+            with urllib.request.urlopen(f"{r.url}/subjects", timeout=3) as resp:  # noqa: S310
+                return ready and isinstance(json.load(resp), list)
+        except (OSError, ValueError):
+            return False
+
+    def _runner_jar(self) -> Path:
+        found = sorted((self.settings.stack.home / "jvm" / "apicurio").glob("apicurio-registry-app-*-runner.jar"))
+        if not found:
+            raise StackError(f"registry: no Apicurio Registry runner jar under {self.settings.stack.home / 'jvm'}; "
+                             "`erpsync stack up` fetches it with debezium/pom.xml")
+        return found[-1]
+
+    def _ensure_database(self) -> None:
+        """Its login and database in the stack's PostgreSQL (idempotent; the password follows the settings)."""
+        r, erp = self.settings.registry, self.settings.erp
+        admin = psycopg.conninfo.make_conninfo(host=erp.host, port=erp.port, dbname="postgres", user=erp.user,
+                                               password=erp.password.get_secret_value(), connect_timeout=3)
+        sql = psycopg.sql
+        with psycopg.connect(admin, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (r.user,)).fetchone()
+            statement = sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}" if exists else "CREATE ROLE {} LOGIN PASSWORD {}")
+            conn.execute(statement.format(sql.Identifier(r.user), sql.Literal(r.password.get_secret_value())))
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (r.dbname,)).fetchone():
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(r.dbname),
+                                                                          sql.Identifier(r.user)))
+
+    def launch(self) -> None:
+        r, erp = self.settings.registry, self.settings.erp
+        jar = self._runner_jar()
+        self._ensure_database()
+        self.process = spawn(
+            [
+                "java", f"-Xms{r.heap}", f"-Xmx{r.heap}", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
+                f"-Dquarkus.http.host={r.host}", f"-Dquarkus.http.port={r.port}",
+                "-Dapicurio.storage.kind=sql", "-Dapicurio.storage.sql.kind=postgresql",
+                f"-Dapicurio.datasource.url=jdbc:postgresql://{erp.host}:{erp.port}/{r.dbname}",
+                f"-Dapicurio.datasource.username={r.user}",
+                # Its defaults hold 20 idle connections open; the stack's PostgreSQL serves everyone.
+                "-Dapicurio.datasource.jdbc.initial-size=2", "-Dapicurio.datasource.jdbc.min-size=2",
+                "-Dapicurio.datasource.jdbc.max-size=10",
+                f"-Djava.io.tmpdir={self.home}",
+                "-jar", str(jar),
+            ],
+            log_file=self.log_file,
+            pid_file=self.pid_file,
+            # The password through the environment (Quarkus reads APICURIO_DATASOURCE_PASSWORD), never argv.
+            env=dict(os.environ, APICURIO_DATASOURCE_PASSWORD=r.password.get_secret_value()),
+            cwd=self.home,
+        )
+
+    def provision(self) -> None:
+        from erpsync.channels import load_channels  # noqa: PLC0415 - only what provisioning needs
+        from erpsync.subjects import register  # noqa: PLC0415
+        from schemas.registry import SchemaRegistry  # noqa: PLC0415
+
+        try:
+            register(self.endpoint, SchemaRegistry.load(), load_channels())
+        except Exception as exc:  # noqa: BLE001 - any client error: name the component and its log
+            raise StackError(f"registry: registering the Avro schemas at {self.endpoint} failed: {exc}; "
+                             f"see its log {self.log_file}") from exc
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if info["state"] == "healthy":
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/subjects", timeout=3) as resp:  # noqa: S310
+                    info["subjects"] = len(json.load(resp))
+            except (OSError, ValueError):
+                info["subjects"] = None
+        return info
+
+
 _REQUIRED_PLUGINS = (
     "io.debezium.connector.postgresql.PostgresConnector",
     "io.debezium.connector.mariadb.MariaDbConnector",
@@ -654,4 +748,5 @@ def _write_log4j(path: Path) -> None:
 
 def all_components(settings: Settings) -> list[Component]:
     """In start order; stop in reverse."""
-    return [Redis(settings), Postgres(settings), MariaDB(settings), Kafka(settings), Connect(settings)]
+    return [Redis(settings), Postgres(settings), MariaDB(settings), Kafka(settings), Connect(settings),
+            SchemaRegistryServer(settings)]

@@ -8,6 +8,8 @@ import logging
 import os
 import shutil
 import subprocess
+import tarfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from erpsync.stack.process import StackError, run
@@ -22,6 +24,7 @@ _PACKAGES = {
     "redis-server": "/usr/bin/redis-server",
     "openjdk-17-jre-headless": "/usr/bin/java",
     "maven": "/usr/bin/mvn",
+    "kcat": "/usr/bin/kcat",  # how channel teams read topics; the registry's integration test uses it
 }
 
 
@@ -59,7 +62,7 @@ def pg_bin(name: str) -> str:
 
 
 def ensure_jars(pom: Path, jvm_dir: Path, log_file: Path) -> None:
-    """Fetch the Kafka/Connect classpath and Debezium plugins described by pom into jvm_dir.
+    """Fetch the Kafka/Connect classpath, Debezium plugins and Apicurio Registry described by pom into jvm_dir.
 
     Maven's local repository caches the downloads; a stamp with the pom's hash makes this a no-op
     until the bill of materials changes.
@@ -68,18 +71,44 @@ def ensure_jars(pom: Path, jvm_dir: Path, log_file: Path) -> None:
     digest = hashlib.sha256(pom.read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest and (jvm_dir / "lib").is_dir():
         return
-    log.info("fetching Kafka, Connect and Debezium jars with Maven into %s", jvm_dir)
-    for sub in ("lib", "plugins", "target"):
+    log.info("fetching Kafka, Connect, Debezium and Apicurio Registry jars with Maven into %s", jvm_dir)
+    for sub in ("lib", "plugins", "apicurio", "target"):
         shutil.rmtree(jvm_dir / sub, ignore_errors=True)
     jvm_dir.mkdir(parents=True, exist_ok=True)
     try:
         run(
             ["mvn", "-B", "-q", "-f", str(pom), "package", f"-Dstack.dir={jvm_dir}"],
-            what="install (maven: Kafka, Connect, Debezium jars)",
+            what="install (maven: Kafka, Connect, Debezium, Apicurio Registry jars)",
             log_file=log_file,
         )
     except FileNotFoundError as exc:
         raise StackError("install: mvn not found; install the maven package") from exc
     except subprocess.SubprocessError as exc:  # pragma: no cover - defensive
         raise StackError(f"install: maven failed: {exc}; see {log_file}") from exc
+    _fetch_registry(pom, jvm_dir, log_file)
     stamp.write_text(digest)
+
+
+def _fetch_registry(pom: Path, jvm_dir: Path, log_file: Path) -> None:
+    """Apicurio Registry's Quarkus distribution (Maven Central) unpacked into jvm_dir/apicurio.
+
+    Fetched without its descriptor (``transitive=false``, dependency plugin 2.8's ``get``, which
+    can copy to a file): the distribution's parent POM is not on Maven Central, which makes the
+    pom's own unpack goal fail. Maven's local repository still caches the download.
+    """
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    version = ET.parse(pom).getroot().findtext(  # noqa: S314 - the project's own pom
+        "m:properties/m:apicurio.version", namespaces=ns)
+    if not version:
+        raise StackError(f"install: no apicurio.version property in {pom}")
+    archive = jvm_dir / f"apicurio-registry-app-{version}-all.tar.gz"
+    run(
+        ["mvn", "-B", "-q", "org.apache.maven.plugins:maven-dependency-plugin:2.8:get",
+         f"-Dartifact=io.apicurio:apicurio-registry-app:{version}:tar.gz:all", "-Dtransitive=false",
+         f"-Ddest={archive}"],
+        what="install (maven: Apicurio Registry)",
+        log_file=log_file,
+    )
+    with tarfile.open(archive) as tar:
+        tar.extractall(jvm_dir / "apicurio", filter="data")  # Python >= 3.11.4: no path escapes
+    archive.unlink()

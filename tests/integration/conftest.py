@@ -140,7 +140,7 @@ def read_to_end(settings: Settings, topics: list[str], timeout_s: float = 60,
 def read_canonical(settings: Settings, registry: SchemaRegistry, topics: list[str], keys: set[str],
                    expected: int, timeout_s: float = 60) -> list[tuple[str, str, dict[str, Any]]]:
     """(topic, key, decoded value) of every canonical record for `keys`, until `expected` arrived."""
-    deserialize = make_value_deserializer(registry, None)
+    deserialize = make_value_deserializer(registry, settings.kafka.schema_registry_url)
     consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": unique("canon"),
                          "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 1000})
     consumer.subscribe(topics)

@@ -49,7 +49,7 @@ def registry() -> SchemaRegistry:
 def decode_all(settings: Settings, registry: SchemaRegistry, topics: list[str],
                since_ms: int) -> list[tuple[str, str, dict[str, Any]]]:
     """(topic, key, value) of every record since since_ms; Avro or JSON, as each channel reads."""
-    deserialize = make_value_deserializer(registry, None)
+    deserialize = make_value_deserializer(registry, settings.kafka.schema_registry_url)
     out = []
     for msg in read_to_end(settings, topics, since_ms=since_ms):
         raw = msg.value() or b""

@@ -113,7 +113,7 @@ def wait_for_truth(settings: Settings, store: redis.Redis, skus: list[str], time
 
 
 def latest_on_topics(settings: Settings, skus: set[str], since_ms: int) -> dict[tuple[str, str], int]:
-    deserialize = make_value_deserializer(SchemaRegistry.load(), None)
+    deserialize = make_value_deserializer(SchemaRegistry.load(), settings.kafka.schema_registry_url)
     latest: dict[tuple[str, str], int] = {}
     for msg in read_to_end(settings, [c.topic for c in load_channels()], since_ms=since_ms):
         sku = (msg.key() or b"").decode()

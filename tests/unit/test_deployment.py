@@ -32,7 +32,7 @@ def _pom_property(name: str) -> str:
 
 def test_topology(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {
-        "kafka", "connect", "connectors", "schema-registry", "erp", "wms", "redis", "flows"
+        "kafka", "connect", "connectors", "schema-registry", "schemas", "erp", "wms", "redis", "flows"
     }
 
 
@@ -41,6 +41,23 @@ def test_images_match_the_local_bill_of_materials(compose: dict[str, Any]) -> No
     assert services["kafka"]["image"] == f"apache/kafka:{_pom_property('kafka.version')}"
     assert services["connect"]["image"].endswith(f":{_pom_property('debezium.postgres.version')}")
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert services["schema-registry"]["image"] == f"apicurio/apicurio-registry:{_pom_property('apicurio.version')}"
+
+
+def test_the_registry_is_apicurio_on_postgres_as_in_the_local_stack(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    registry = services["schema-registry"]["environment"]
+    local = Settings().registry
+    assert registry["APICURIO_STORAGE_KIND"] == "sql" and registry["APICURIO_STORAGE_SQL_KIND"] == "postgresql"
+    assert registry["APICURIO_DATASOURCE_URL"] == f"jdbc:postgresql://erp:5432/{local.dbname}"
+    assert registry["APICURIO_DATASOURCE_USERNAME"] == services["erp"]["environment"]["ERPSYNC_REGISTRY_USER"]
+    init = (ROOT / "debezium" / "docker-init" / "10-erp.sh").read_text()
+    assert f"CREATE DATABASE {local.dbname} OWNER :\"registry_user\"" in init
+    # erpsync writes the Confluent wire format through the registry's Confluent-compatible API, and
+    # the schemas are registered before the flows start.
+    url = services["flows"]["environment"]["ERPSYNC_KAFKA__SCHEMA_REGISTRY_URL"]
+    assert url == "http://schema-registry:8080/apis/ccompat/v7" and local.url.endswith("/apis/ccompat/v7")
+    assert services["flows"]["depends_on"]["schemas"] == {"condition": "service_completed_successfully"}
 
 
 def test_connect_worker_settings_match_the_local_worker(compose: dict[str, Any]) -> None:
@@ -84,7 +101,7 @@ def test_databases_are_configured_for_capture(compose: dict[str, Any]) -> None:
 
 def test_erpsync_services_run_real_commands(compose: dict[str, Any]) -> None:
     parser = build_parser()
-    for svc in ("connectors", "flows"):
+    for svc in ("connectors", "schemas", "flows"):
         args = parser.parse_args(compose["services"][svc]["command"])
         assert callable(args.func)
 
