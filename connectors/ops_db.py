@@ -90,22 +90,46 @@ WHERE o.version < excluded.version
 
 _UPSERT_EXCEPTION = """
 INSERT INTO sync.exceptions AS e (id, kind, severity, entity, business_key, reason, detail, source, first_seen_ms,
-    last_seen_ms, occurrences, state)
-VALUES (%(id)s, %(kind)s, %(severity)s, %(entity)s, %(business_key)s, %(reason)s, %(detail)s, %(source)s,
-    %(first_seen_ms)s, %(last_seen_ms)s, 1, %(state)s)
+    last_seen_ms, occurrences, state, resolved_by, cleared_by, note)
+VALUES (%(id)s, %(kind)s, %(severity)s, %(entity)s, %(business_key)s, %(reason)s::text, %(detail)s,
+    %(source)s::jsonb, %(first_seen_ms)s, %(last_seen_ms)s, 1, %(state)s::text,
+    CASE WHEN %(state)s::text = 'resolved' THEN 'erpsync' END,
+    CASE WHEN %(state)s::text = 'resolved' THEN %(source)s::jsonb END,
+    CASE WHEN %(state)s::text = 'resolved' THEN %(reason)s::text END)
 ON CONFLICT (id) DO UPDATE SET
-    -- a new occurrence is one seen later (event time); a redelivered one changes nothing
-    occurrences = e.occurrences + (excluded.state = 'open' AND excluded.last_seen_ms > e.last_seen_ms)::int,
-    reason = CASE WHEN excluded.last_seen_ms >= e.last_seen_ms THEN excluded.reason ELSE e.reason END,
+    -- records are applied in event time: an older one (a redelivery) changes nothing but first_seen
+    occurrences = e.occurrences + (excluded.state = 'open' AND excluded.last_seen_ms > e.last_seen_ms
+                                   AND e.state <> 'open')::int,
+    reason = CASE WHEN excluded.last_seen_ms >= e.last_seen_ms AND excluded.state <> 'resolved'
+                  THEN excluded.reason ELSE e.reason END,
     detail = CASE WHEN excluded.last_seen_ms >= e.last_seen_ms THEN excluded.detail ELSE e.detail END,
+    source = CASE WHEN excluded.state = 'open' AND excluded.last_seen_ms >= e.last_seen_ms
+                  THEN excluded.source ELSE e.source END,
     first_seen_ms = LEAST(e.first_seen_ms, excluded.first_seen_ms),
     last_seen_ms = GREATEST(e.last_seen_ms, excluded.last_seen_ms),
-    -- replayed when the pipeline says so; a resolved problem that happens again is open again
+    -- replayed when the pipeline says so; resolved when the sources no longer show the problem (a
+    -- resolution wins a tie); open again when it holds again later
     state = CASE WHEN excluded.state = 'replayed' THEN 'replayed'
+                 WHEN excluded.last_seen_ms < e.last_seen_ms THEN e.state
+                 WHEN excluded.state = 'resolved' THEN 'resolved'
                  WHEN excluded.last_seen_ms > e.last_seen_ms THEN 'open'
                  ELSE e.state END,
-    state_changed_at = CASE WHEN excluded.state = 'replayed' AND e.state <> 'replayed'
-                                 OR excluded.last_seen_ms > e.last_seen_ms AND e.state <> 'open'
+    resolved_by = CASE WHEN excluded.last_seen_ms < e.last_seen_ms THEN e.resolved_by
+                       WHEN excluded.state = 'resolved' THEN 'erpsync'
+                       WHEN excluded.last_seen_ms > e.last_seen_ms THEN NULL
+                       ELSE e.resolved_by END,
+    cleared_by = CASE WHEN excluded.last_seen_ms < e.last_seen_ms THEN e.cleared_by
+                      WHEN excluded.state = 'resolved' THEN excluded.source
+                      WHEN excluded.last_seen_ms > e.last_seen_ms THEN NULL
+                      ELSE e.cleared_by END,
+    note = CASE WHEN excluded.last_seen_ms >= e.last_seen_ms AND excluded.state = 'resolved' THEN excluded.reason
+                WHEN excluded.last_seen_ms > e.last_seen_ms AND excluded.state = 'open' THEN NULL
+                ELSE e.note END,
+    state_changed_at = CASE WHEN (CASE WHEN excluded.state = 'replayed' THEN 'replayed'
+                                       WHEN excluded.last_seen_ms < e.last_seen_ms THEN e.state
+                                       WHEN excluded.state = 'resolved' THEN 'resolved'
+                                       WHEN excluded.last_seen_ms > e.last_seen_ms THEN 'open'
+                                       ELSE e.state END) <> e.state
                             THEN now() ELSE e.state_changed_at END,
     written_at = now()
 """

@@ -59,8 +59,8 @@ def show(settings: Settings, exception_id: str) -> dict[str, Any] | None:
 def resolve(settings: Settings, exception_id: str, note: str) -> bool:
     """Mark an exception resolved with a note; False when there is no such exception."""
     with ops_db.connect(settings) as conn:
-        cur = conn.execute("UPDATE sync.exceptions SET state = 'resolved', note = %s, state_changed_at = now()"
-                           " WHERE id = %s", (note, exception_id))
+        cur = conn.execute("UPDATE sync.exceptions SET state = 'resolved', note = %s, resolved_by = current_user,"
+                           " state_changed_at = now() WHERE id = %s", (note, exception_id))
         conn.commit()
         return cur.rowcount == 1
 

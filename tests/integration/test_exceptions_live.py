@@ -23,7 +23,7 @@ from erpsync.settings import Settings
 from schemas.mapping import MAPPINGS_DIR
 from schemas.registry import SchemaRegistry
 
-from .conftest import Pipeline, read_canonical
+from .conftest import Pipeline, read_canonical, unique
 
 pytestmark = pytest.mark.integration
 
@@ -118,3 +118,39 @@ def test_a_dead_letter_lands_after_its_mapping_is_added_and_its_exception_turns_
     [row] = exception_rows(settings, "id = %s", rows[0]["id"])
     assert row["state"] == "resolved" and row["note"] == "legacy table mapped onto item"
     assert cli("exceptions", "resolve", "no-such-id", "--note", "x").returncode == 1
+
+
+def test_the_queue_follows_an_exceptions_life_in_event_time(settings: Settings) -> None:
+    """Raised, resolved by the pipeline (naming the clearing fact), raised again; late records change nothing."""
+    from connectors.ops_db import _UPSERT_EXCEPTION, connect, exception_row  # noqa: PLC0415
+    from state import exception  # noqa: PLC0415
+
+    key = unique("life")
+    source = {"system": "erp", "table": "erp.invoices", "position": "p2", "tx_id": None, "commit_ts_ms": 2,
+              "snapshot": False, "topic": "erp.erp.invoices", "partition": 0, "offset": 7}
+
+    def write(*records: Any) -> dict[str, Any]:
+        with connect(settings) as conn:
+            for r in records:
+                conn.execute(_UPSERT_EXCEPTION, exception_row(r.value))
+            conn.commit()
+            row = conn.execute("SELECT state, occurrences, resolved_by, cleared_by, note, first_seen_ms, last_seen_ms"
+                               " FROM sync.exceptions WHERE id = %s", (records[0].key,)).fetchone()
+        assert row is not None
+        return dict(zip(["state", "occurrences", "resolved_by", "cleared_by", "note", "first", "last"], row,
+                        strict=True))
+
+    opened = exception("invoice_discrepancy", "error", "order", key, "invoiced 99", {}, 1000)
+    resolved = exception("invoice_discrepancy", "error", "order", key, "resolved: invoiced 99", {}, 2000,
+                         source=source, state="resolved")
+    again = exception("invoice_discrepancy", "error", "order", key, "invoiced 98", {}, 3000)
+    row = write(opened)
+    assert (row["state"], row["occurrences"]) == ("open", 1)
+    row = write(resolved)
+    assert (row["state"], row["resolved_by"], row["cleared_by"]["offset"]) == ("resolved", "erpsync", 7)
+    row = write(opened, resolved)  # redelivered: nothing changes
+    assert (row["state"], row["occurrences"], row["last"]) == ("resolved", 1, 2000)
+    row = write(again)
+    assert (row["state"], row["occurrences"], row["resolved_by"], row["note"]) == ("open", 2, None, None)
+    row = write(resolved)  # an older resolution, read late: the newer occurrence stands
+    assert (row["state"], row["last"]) == ("open", 3000)
