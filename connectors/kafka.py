@@ -33,7 +33,7 @@ def raw_input(
 ) -> tuple[Stream[RawRecord], Stream[DeadLetter]]:
     """Read topics from the beginning (or the recovered offsets); consumer errors become DLQ records."""
     out = kop.input(step_id, flow, brokers=[settings.kafka.bootstrap_servers], topics=topics, tail=True,
-                    batch_size=2000)
+                    batch_size=2000, add_config=settings.kafka.client_config())
     oks = op.map(f"{step_id}_raw", out.oks, _to_raw)
     errs = op.map(f"{step_id}_errors", out.errs, _error_to_dead_letter)
     return oks, errs
@@ -69,8 +69,7 @@ class TopicSink(DynamicSink[Outgoing]):
     """
 
     def __init__(self, settings: Settings, extra: dict[str, Any] | None = None) -> None:
-        self.config = {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+        self.config = settings.kafka.client_config() | {
             "enable.idempotence": True,
             "linger.ms": 5,
             "compression.type": "lz4",
@@ -148,7 +147,7 @@ def dlq_output(step_id: str, up: Stream[DeadLetter], settings: Settings) -> None
 
 def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, str] | None = None) -> None:
     """Create the topics that do not exist yet (single node: replication factor 1 locally)."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    admin = AdminClient(settings.kafka.client_config())
     existing = set(admin.list_topics(timeout=10).topics)
     new = [NewTopic(t, num_partitions=1, replication_factor=-1, config=config or {})
            for t in sorted(set(topics) - existing)]
@@ -165,5 +164,5 @@ def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, s
 
 def topic_partitions(settings: Settings) -> dict[str, list[int]]:
     """Every topic of the cluster and its partitions (one metadata request)."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    admin = AdminClient(settings.kafka.client_config())
     return {t: sorted(m.partitions) for t, m in admin.list_topics(timeout=10).topics.items()}

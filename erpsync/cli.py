@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import redis
+
 from erpsync import reconcile, stack
 from erpsync.settings import Settings, load_settings
 from erpsync.stack.components import all_components, load_connector_configs
@@ -58,7 +60,7 @@ def _stack_logs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _connectors_apply(settings: Settings, args: argparse.Namespace) -> int:
-    client = ConnectClient(settings.connect.url)
+    client = ConnectClient.of(settings.connect)
     for connector in load_connector_configs():
         client.apply(connector)
         client.wait_running(connector["name"], timeout_s=settings.stack.start_timeout_s)
@@ -67,7 +69,7 @@ def _connectors_apply(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _connectors_status(settings: Settings, args: argparse.Namespace) -> int:
-    states = ConnectClient(settings.connect.url).states()
+    states = ConnectClient.of(settings.connect).states()
     for name, st in states.items():
         print(f"connector {name}: {st['connector']}, tasks {', '.join(st['tasks']) or 'none'}")
     ok = all(st["connector"] == "RUNNING" and st["tasks"] and set(st["tasks"]) == {"RUNNING"}
@@ -210,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_stack_status)
     lg = stack_sub.add_parser("logs", help="the last lines of each component's log")
-    lg.add_argument("component", nargs="?", choices=["redis", "postgres", "mariadb", "kafka", "connect"])
+    lg.add_argument("component", nargs="?", choices=["redis", "postgres", "ops-db", "mariadb", "kafka", "connect"])
     lg.add_argument("-n", "--lines", type=int, default=40)
     lg.set_defaults(func=_stack_logs)
 
@@ -284,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings()
     try:
         code: int = args.func(settings, args)
-    except stack.StackError as exc:
+    except (stack.StackError, redis.AuthenticationError) as exc:  # one actionable line, no traceback
         print(f"erpsync: {exc}", file=sys.stderr)
         return 1
     return code

@@ -135,8 +135,7 @@ def watch_lag(settings: Settings) -> None:
     """Register the consumer-lag gauge: partition end offset minus the next offset the pipeline reads."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition  # noqa: PLC0415
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "erpsync-lag-probe",
-                         "enable.auto.commit": False})
+    consumer = Consumer(settings.kafka.client_config() | {"group.id": "erpsync-lag-probe", "enable.auto.commit": False})
 
     def observe(options: CallbackOptions) -> Iterable[Observation]:
         out = []
