@@ -92,7 +92,7 @@ def test_failed_component_is_named_with_its_log(tmp_path: Path) -> None:
 def test_status_shows_components_tasks_and_slot_lag(settings) -> None:  # type: ignore[no-untyped-def]
     result = erpsync("stack", "status")
     assert result.returncode == 0, result.stdout
-    for component in ("redis", "postgres", "mariadb", "kafka", "connect"):
+    for component in ("redis", "postgres", "ops-db", "mariadb", "kafka", "connect"):
         assert f"{component}" in result.stdout and "healthy" in result.stdout
     assert "connector erp-postgres: RUNNING, tasks RUNNING" in result.stdout
     assert "connector wms-mariadb: RUNNING, tasks RUNNING" in result.stdout
