@@ -3,9 +3,10 @@
 # storage is formatted, as `erpsync stack up` does locally (the image's own start-up formats without
 # them and skips a formatted directory), and the broker's own login goes in a JAAS file. Then the
 # image's start-up runs. Credentials go through 0600 files, never argv. Passwords: no , [ ] " or \.
-# A volume formatted before these logins existed gets them once through the controller:
-#   kafka-configs.sh --bootstrap-controller localhost:9093 --alter --entity-type users \
-#     --entity-name NAME --add-config 'SCRAM-SHA-512=[password=...]'
+# A volume formatted before these logins existed does not get them here: add them once while the
+# broker still runs its earlier PLAINTEXT configuration (kafka-configs.sh --bootstrap-server kafka:9092
+# --alter --entity-type users --entity-name NAME --add-config 'SCRAM-SHA-512=[password=...]'), as
+# `erpsync stack up` does locally, or start from a new volume.
 set -euo pipefail
 umask 077
 dir=/tmp/erpsync

@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 
+from erpsync.logs import kafka_client_logger
 from erpsync.settings import SASL_MECHANISM, DatabaseSettings, RedisSettings, Settings
 from erpsync.stack.connect import ConnectClient
 from erpsync.stack.install import pg_bin
@@ -598,7 +599,9 @@ class Kafka(Component):
     configured); the controller listener stays PLAINTEXT on the same (loopback) host. The logins
     (erpsync's, the Connect worker's, the broker's own) are written when the storage is formatted.
     A data directory formatted earlier without them (a stack from before SASL), or a changed
-    password, gets them through the controller (kafka-configs --bootstrap-controller).
+    password, gets them from a brief start of the broker with its client listener PLAINTEXT on the
+    loopback host, as such a stack ran before (Kafka 4.3's controller does not take
+    AlterUserScramCredentials directly), then it starts locked down.
     """
 
     program = "kafka.Kafka"
@@ -640,20 +643,25 @@ class Kafka(Component):
                 s.connect.kafka_user: s.connect.kafka_password.get_secret_value(),
                 BROKER_USER: self._broker_password()}
 
-    def _properties(self) -> str:
+    def _properties(self, *, setup: bool = False) -> str:
+        """server.properties; `setup`: the client listener PLAINTEXT, only to create the logins."""
         k = self.settings.kafka
         listener = [
             f"listeners=CLIENT://{k.host}:{k.port},CONTROLLER://{k.host}:{k.controller_port}",
             f"advertised.listeners=CLIENT://{k.host}:{k.port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=CLIENT",
-            f"listener.security.protocol.map=CLIENT:{k.security_protocol},CONTROLLER:PLAINTEXT",
-            f"sasl.enabled.mechanisms={SASL_MECHANISM}",
-            f"sasl.mechanism.inter.broker.protocol={SASL_MECHANISM}",
-            f"listener.name.client.{SASL_MECHANISM.lower()}.sasl.jaas.config={SCRAM_LOGIN_MODULE} required "
-            f'username="{BROKER_USER}" password="{self._broker_password()}";',
+            f"listener.security.protocol.map=CLIENT:{'PLAINTEXT' if setup else k.security_protocol},"
+            "CONTROLLER:PLAINTEXT",
         ]
-        if k.ssl_ca_location:
+        if not setup:
+            listener += [
+                f"sasl.enabled.mechanisms={SASL_MECHANISM}",
+                f"sasl.mechanism.inter.broker.protocol={SASL_MECHANISM}",
+                f"listener.name.client.{SASL_MECHANISM.lower()}.sasl.jaas.config={SCRAM_LOGIN_MODULE} required "
+                f'username="{BROKER_USER}" password="{self._broker_password()}";',
+            ]
+        if k.ssl_ca_location and not setup:
             if not (k.ssl_certificate_location and k.ssl_key_location):
                 raise StackError("kafka: ERPSYNC_KAFKA__SSL_CA_LOCATION is set; the local broker also needs its "
                                  "certificate and key: ERPSYNC_KAFKA__SSL_CERTIFICATE_LOCATION and "
@@ -708,10 +716,10 @@ class Kafka(Component):
                           heap="256m", what="kafka (storage format)", log_file=self.log_file,
                           log_output=False)  # it echoes the SCRAM records it writes
             private_file(self._credentials_file, self._credentials_digest())
+        elif not self._credentials_current():
+            self._set_credentials()
         self.process = spawn(_java(self.settings, "kafka.Kafka", str(props), heap=self.settings.stack.kafka_heap),
                              log_file=self.log_file, pid_file=self.pid_file)
-        if not fresh and not self._credentials_current():
-            self._set_credentials()
 
     def _credentials_current(self) -> bool:
         try:
@@ -720,25 +728,45 @@ class Kafka(Component):
             return False
 
     def _set_credentials(self) -> None:
-        """Create or update every login through the controller listener (AlterUserScramCredentials)."""
-        k = self.settings.kafka
-        controller = f"{k.host}:{k.controller_port}"
-        if not wait_until(lambda: port_open(k.host, k.controller_port), timeout_s=self.settings.stack.start_timeout_s,
-                          alive=self._alive):
-            raise StackError(f"kafka: the controller at {controller} did not come up; see {self.log_file}\n"
-                             f"{tail(self.log_file)}")
-        log.info("kafka: setting the SCRAM logins of a data directory formatted without them (or with other "
-                 "passwords)")
-        for user, password in self.users().items():
-            if not password or any(c in password for c in ',[]"\\') or any(c.isspace() for c in password):
-                raise StackError(f"kafka: the password of {user!r} has one of , [ ] \" \\ or white space, which "
-                                 "kafka-configs cannot pass; choose another, or reset the stack's Kafka data "
-                                 f"({self.data}) so that the logins are written at format time")
-            _java_argfile(self.settings, self.home, [
-                "kafka.admin.ConfigCommand", "--bootstrap-controller", controller, "--alter",
-                "--entity-type", "users", "--entity-name", user,
-                "--add-config", f"{SASL_MECHANISM}=[iterations={SCRAM_ITERATIONS},password={password}]",
-            ], heap="128m", what=f"kafka (SCRAM login {user})", log_file=self.log_file)
+        """Create or update every login on a broker started briefly with a PLAINTEXT loopback listener."""
+        from confluent_kafka.admin import (  # type: ignore[attr-defined]  # noqa: PLC0415 - heavy, only when used
+            AdminClient,
+            ScramCredentialInfo,
+            ScramMechanism,
+            UserScramCredentialUpsertion,
+        )
+
+        log.info("kafka: writing the SCRAM logins into a data directory formatted without them (or with other "
+                 "passwords): the broker starts once with its client listener PLAINTEXT on %s", self.endpoint)
+        props = private_file(self.home / "setup.properties", self._properties(setup=True))
+        self.process = spawn(_java(self.settings, "kafka.Kafka", str(props), heap=self.settings.stack.kafka_heap),
+                             log_file=self.log_file, pid_file=self.pid_file)
+        try:
+            plaintext: dict[str, Any] = {"bootstrap.servers": self.endpoint, "socket.timeout.ms": 2000,
+                                         "logger": kafka_client_logger()}
+            admin = AdminClient(plaintext)
+
+            def up() -> bool:
+                try:
+                    return bool(admin.list_topics(timeout=3).brokers)
+                except Exception:  # noqa: BLE001 - any failure means "not up yet"
+                    return False
+
+            if not wait_until(up, timeout_s=self.settings.stack.start_timeout_s, alive=self._alive):
+                raise StackError(f"kafka failed to start to write its logins; see its log {self.log_file}\n"
+                                 f"--- last lines ---\n{tail(self.log_file)}")
+            info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+            futures = admin.alter_user_scram_credentials([UserScramCredentialUpsertion(user, info, password.encode())
+                                                          for user, password in self.users().items()])
+            for user, future in futures.items():
+                try:
+                    future.result(30)
+                except Exception as exc:  # noqa: BLE001 - reported with the user's name
+                    raise StackError(f"kafka: could not write the SCRAM login of {user!r}: {exc}") from None
+        finally:
+            self.stop()
+            props.unlink(missing_ok=True)
+            self.process = None
         private_file(self._credentials_file, self._credentials_digest())
 
 
