@@ -28,6 +28,8 @@ def up(settings: Settings) -> dict[str, float]:
     timings: dict[str, float] = {}
     home = settings.stack.home
     home.mkdir(parents=True, exist_ok=True)
+    for path in (home / "logs").glob("*"):  # logs of an older stack were world-readable
+        path.chmod(0o600)
     install_log = home / "logs" / "install.log"
     t0 = time.monotonic()
     ensure_packages(install_log)
