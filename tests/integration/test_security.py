@@ -195,7 +195,8 @@ def test_connect_rest_needs_a_login_and_leaves_no_secret_in_its_log(settings: Se
              "database.password": literal, "topic.prefix": "probe"}
     assert _connect(settings, "GET", "/connectors", auth=False)[0] == 401
     assert _connect(settings, "PUT", validate, probe, auth=False)[0] == 401
-    wrong = settings.model_copy(update={"connect": settings.connect.model_copy(update={"password": SecretStr("not-it")})})
+    wrong_login = settings.connect.model_copy(update={"password": SecretStr("not-it")})
+    wrong = settings.model_copy(update={"connect": wrong_login})
     assert _connect(wrong, "GET", "/connectors", auth=True)[0] == 401
     status, body = _connect(settings, "PUT", validate, probe, auth=True)
     assert status == 200 and json.loads(body)["error_count"] >= 1  # it did try, and failed, to connect
