@@ -23,8 +23,8 @@ from pathlib import Path
 
 import psycopg
 import pymysql
-import redis
 
+from connectors.redis import client as redis_client
 from erpsync.settings import load_settings
 
 BASE = 1_000
@@ -52,7 +52,7 @@ def main() -> None:
     with wms.cursor() as cur:
         cur.executemany("INSERT INTO inventory_balances (sku, location, on_hand) VALUES (%s, 'DC-EAST', %s)",
                         [(s, BASE) for s in skus])
-    store = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+    store = redis_client(settings, reader=True)
 
     work = Path(tempfile.mkdtemp(prefix="erpsync-fresh-"))
     env = dict(os.environ, ERPSYNC_FLOWS__RECOVERY_DIR=str(work / "recovery"))

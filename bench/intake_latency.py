@@ -63,7 +63,7 @@ def main() -> None:
                                     " AND location = 'DC-WEST'", (sku,))
                     time.sleep(1 / args.wms_rate)
             threading.Thread(target=churn, daemon=True).start()
-        producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+        producer = Producer(settings.kafka.client_config())
         # Warm-up, not measured: the first order waits until the pipeline has read every validation
         # table up to its time (a fresh pipeline may still be catching up on other tables' history).
         producer.produce("commerce.orders", key=f"{warm_up.doc['channel']}:{warm_up.doc['external_order_id']}",

@@ -38,6 +38,42 @@ log = logging.getLogger(__name__)
 Serializer = Callable[[str, str, dict[str, Any]], bytes]
 
 
+class Lateness:
+    """How late records reach the pipeline: the largest (now - record timestamp) of the last few seconds.
+
+    A partition read to its end promises event time up to its ``Progress`` (minus the configured
+    grace, ``flows.idle_grace_ms``). Records can take longer than that grace from their producer to
+    here: when the machine is busy, when the pipeline works through a large batch before it reads
+    again. Such a record would land behind its partition's promise (the reader then moves it just
+    after it, ``ReaderState.time_of``, and live output stops matching a replay). So the promise also
+    steps back by the lateness seen recently on every partition of this process: a busy pipeline
+    promises less and waits a little longer; an idle one answers within the grace.
+    """
+
+    WINDOW_S = 10
+    # A record older than this is backlog (a catch-up), not a slow delivery: counting it would hold
+    # quiet partitions back by the backlog's age.
+    CAP_MS = 5_000
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}  # second -> largest lateness seen in it
+
+    def observe(self, now_ms: int, lateness_ms: int) -> None:
+        lateness_ms = min(lateness_ms, self.CAP_MS)
+        second = now_ms // 1000
+        if lateness_ms > self.buckets.get(second, 0):
+            self.buckets[second] = lateness_ms
+
+    def current(self, now_ms: int) -> int:
+        oldest = now_ms // 1000 - self.WINDOW_S
+        for second in [s for s in self.buckets if s < oldest]:
+            self.buckets.pop(second, None)
+        return max(self.buckets.values(), default=0)
+
+
+LATENESS = Lateness()  # shared by the partitions of one process: load slows them all
+
+
 class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
     """One topic partition: its records in order, and ``Progress`` while it has nothing more to read."""
 
@@ -55,6 +91,7 @@ class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
 
     def next_batch(self) -> list[RawRecord | Progress]:
         out: list[RawRecord | Progress] = []
+        now = int(time.time() * 1000)
         for msg in self.consumer.consume(self.batch_size, 0):
             err = msg.error()
             if err is not None:
@@ -64,12 +101,14 @@ class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
                     log.warning("reading %s: %s", self.channel, err.str(), extra={"topic": self.topic})
                 continue
             self.at_end = False
-            out.append(_to_raw(msg, self.channel))
+            raw = _to_raw(msg, self.channel)
+            if raw.timestamp_ms > 0:
+                LATENESS.observe(now, now - raw.timestamp_ms)
+            out.append(raw)
             self.offset = (msg.offset() or 0) + 1
         if self.at_end:
-            now = int(time.time() * 1000)
             if not out or now - self.told_ms >= self.quiet_ms:
-                out.append(Progress(self.channel, now))
+                out.append(Progress(self.channel, now - LATENESS.current(now)))
                 self.told_ms = now
         return out
 
@@ -89,8 +128,7 @@ class RawSource(FixedPartitionedSource[RawRecord | Progress, int]):
 
     def __init__(self, settings: Settings, partitions: dict[str, list[int]], batch_size: int = 2000,
                  quiet_ms: int = 20) -> None:
-        self.config = {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+        self.config = settings.kafka.client_config() | {
             "group.id": "erpsync-pipeline",  # offsets live in bytewax's recovery, not in the group
             "enable.auto.commit": False,
             "enable.partition.eof": True,
@@ -142,8 +180,7 @@ class TopicSink(DynamicSink[Outgoing]):
     """
 
     def __init__(self, settings: Settings, extra: dict[str, Any] | None = None) -> None:
-        self.config = {
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+        self.config = settings.kafka.client_config() | {
             "enable.idempotence": True,
             "linger.ms": 5,
             "compression.type": "lz4",
@@ -221,7 +258,7 @@ def dlq_output(step_id: str, up: Stream[DeadLetter], settings: Settings) -> None
 
 def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, str] | None = None) -> None:
     """Create the topics that do not exist yet (single node: replication factor 1 locally)."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    admin = AdminClient(settings.kafka.client_config())
     existing = set(admin.list_topics(timeout=10).topics)
     new = [NewTopic(t, num_partitions=1, replication_factor=-1, config=config or {})
            for t in sorted(set(topics) - existing)]
@@ -238,5 +275,5 @@ def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, s
 
 def topic_partitions(settings: Settings) -> dict[str, list[int]]:
     """Every topic of the cluster and its partitions (one metadata request)."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    admin = AdminClient(settings.kafka.client_config())
     return {t: sorted(m.partitions) for t, m in admin.list_topics(timeout=10).topics.items()}

@@ -29,8 +29,32 @@ return 1
 """
 
 
-def client(settings: Settings) -> redis.Redis:
-    return redis.Redis(host=settings.redis.host, port=settings.redis.port, socket_timeout=10)
+class _Connection(redis.Connection):
+    """A connection whose authentication failure is one line naming the user and the server."""
+
+    def on_connect_check_health(self, check_health: bool = True) -> None:
+        try:
+            super().on_connect_check_health(check_health)
+        except redis.AuthenticationError as exc:
+            raise redis.AuthenticationError(
+                f"redis: authentication as user {self.username!r} at {self.host}:{self.port} failed ({exc}); "
+                "check ERPSYNC_REDIS__USER/PASSWORD (storefront: ERPSYNC_REDIS__READER_USER/READER_PASSWORD)"
+            ) from None
+
+
+def client(settings: Settings, *, reader: bool = False, socket_timeout: float = 10) -> redis.Redis:
+    """An authenticated Redis client: every one of erpsync's goes through here.
+
+    The pipeline's user by default (writes ``ats:*``, ``ats-version:*``); ``reader=True`` is the
+    storefronts' read-only user (``ats:*`` and ``price:*`` only), which is what tests and
+    demos that play a storefront use.
+    """
+    r = settings.redis
+    user, password = (r.reader_user, r.reader_password) if reader else (r.user, r.password)
+    pool = redis.ConnectionPool(connection_class=_Connection, host=r.host, port=r.port, username=user,
+                                password=password.get_secret_value(), socket_timeout=socket_timeout,
+                                socket_connect_timeout=socket_timeout)
+    return redis.Redis.from_pool(pool)
 
 
 class AtsSink(DynamicSink[Emit]):

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from erpsync import reconcile, stack
+import redis
+
+from erpsync import kcat, reconcile, stack
 from erpsync.settings import Settings, load_settings
 from erpsync.stack.components import all_components, load_connector_configs
 from erpsync.stack.connect import ConnectClient
@@ -60,7 +62,7 @@ def _stack_logs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _connectors_apply(settings: Settings, args: argparse.Namespace) -> int:
-    client = ConnectClient(settings.connect.url)
+    client = ConnectClient.of(settings.connect)
     for connector in load_connector_configs():
         client.apply(connector)
         client.wait_running(connector["name"], timeout_s=settings.stack.start_timeout_s)
@@ -69,7 +71,7 @@ def _connectors_apply(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _connectors_status(settings: Settings, args: argparse.Namespace) -> int:
-    states = ConnectClient(settings.connect.url).states()
+    states = ConnectClient.of(settings.connect).states()
     for name, st in states.items():
         print(f"connector {name}: {st['connector']}, tasks {', '.join(st['tasks']) or 'none'}")
     ok = all(st["connector"] == "RUNNING" and st["tasks"] and set(st["tasks"]) == {"RUNNING"}
@@ -301,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_stack_status)
     lg = stack_sub.add_parser("logs", help="the last lines of each component's log")
-    lg.add_argument("component", nargs="?", choices=["redis", "postgres", "mariadb", "kafka", "connect", "registry"])
+    lg.add_argument("component", nargs="?",
+                    choices=["redis", "postgres", "ops-db", "mariadb", "kafka", "connect", "registry"])
     lg.add_argument("-n", "--lines", type=int, default=40)
     lg.set_defaults(func=_stack_logs)
 
@@ -311,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                         ).set_defaults(func=_connectors_apply)
     conn_sub.add_parser("status", help="connector and task states").set_defaults(func=_connectors_status)
 
+    kc = sub.add_parser("kcat", help="kcat logged in to the pipeline's Kafka (e.g. `erpsync kcat -C -t sync.dlq -e`)")
+    kc.add_argument("kcat_args", nargs=argparse.REMAINDER, help="kcat's own arguments")
+    kc.set_defaults(func=lambda settings, args: kcat.run(settings, args.kcat_args))
     sub.add_parser("run", help="run the dataflows against Kafka (resumes from recovery snapshots)"
                    ).set_defaults(func=_run)
     ex_p = sub.add_parser("exceptions", help="the exception queue (ops database)")
@@ -389,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["kcat"]:  # everything after it is kcat's, options included
+        return kcat.run(load_settings(), argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -397,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings()
     try:
         code: int = args.func(settings, args)
-    except stack.StackError as exc:
+    except (stack.StackError, redis.AuthenticationError) as exc:  # one actionable line, no traceback
         print(f"erpsync: {exc}", file=sys.stderr)
         return 1
     return code

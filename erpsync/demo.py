@@ -23,7 +23,6 @@ from typing import Any
 
 import psycopg
 import pymysql
-import redis
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from rich.columns import Columns
 from rich.console import Console, Group
@@ -31,6 +30,7 @@ from rich.live import Live
 from rich.table import Table
 
 from connectors import ops_db
+from connectors.redis import client as redis_client
 from erpsync.channels import load_channels
 from erpsync.reconcile import reconcile, render
 from erpsync.settings import Settings
@@ -67,7 +67,7 @@ def _read(settings: Settings, topics: list[str], tag: str, expected: int, timeou
           since_ms: int | None = None) -> list[Any]:
     """Records of `topics` that mention `tag`, written since `since_ms` (default: the last 10 minutes)."""
     since_ms = since_ms if since_ms is not None else int(time.time() * 1000) - 600_000
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers,
+    consumer = Consumer(settings.kafka.client_config() | {
                          "group.id": f"demo-{tag}-{secrets.token_hex(2)}", "auto.offset.reset": "earliest"})
     meta = consumer.list_topics(timeout=10)
     wanted = [TopicPartition(t, p, since_ms) for t in topics if t in meta.topics for p in meta.topics[t].partitions]
@@ -88,7 +88,7 @@ def _read(settings: Settings, topics: list[str], tag: str, expected: int, timeou
 
 def _ats(settings: Settings, sku: str, timeout_s: float) -> dict[str, int | None]:
     """The storefront view: HGET ats:<channel> <sku> for every channel, once all have a value."""
-    store = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+    store = redis_client(settings, reader=True)
     channels = [c.id for c in load_channels()]
     deadline = time.monotonic() + timeout_s
     values: dict[str, int | None] = {}
@@ -236,7 +236,7 @@ class _View:
     def __init__(self, settings: Settings, tag: str, skus: list[str]) -> None:
         self.settings, self.tag, self.skus = settings, tag, skus[:8]
         self.channels = [c.id for c in load_channels()]
-        self.store = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+        self.store = redis_client(settings, reader=True)
         self.conn = ops_db.connect(settings, autocommit=True)  # one connection for every refresh
 
     def close(self) -> None:

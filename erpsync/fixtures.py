@@ -104,8 +104,8 @@ def wms_script(tag: str, base: int) -> list[str]:
 
 def _dump(settings: Settings, topics: list[str], wanted: Any, quiet_s: float) -> Iterator[dict[str, Any]]:
     """Every record of `topics` whose key satisfies wanted(key), in partition order, kcat -J shaped."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "erpsync-fixtures",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer = Consumer(settings.kafka.client_config() | {"group.id": "erpsync-fixtures", "enable.auto.commit": False,
+                                                          "enable.partition.eof": True})
     meta = consumer.list_topics(timeout=10)
     parts = [TopicPartition(t, p, 0) for t in topics if t in meta.topics for p in meta.topics[t].partitions]
     consumer.assign(parts)

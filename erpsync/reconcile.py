@@ -52,6 +52,7 @@ from rich.console import Console
 from rich.table import Table
 
 from connectors import ops_db
+from connectors.redis import client as redis_client
 from erpsync.channels import load_channels
 from erpsync.settings import Settings
 from state.channels import Channel
@@ -794,7 +795,7 @@ def _ms(value: Decimal | None) -> float | None:
 
 def read_redis(settings: Settings, channels: Sequence[Channel], sku_like: str | None) -> dict[str, dict[str, str]]:
     """Per channel, sku -> raw value of ``ats:<channel>`` for the SKUs matching (HSCAN: none is missed)."""
-    client = redis.Redis(host=settings.redis.host, port=settings.redis.port, socket_timeout=10)
+    client = redis_client(settings, reader=True)
     glob, exact = like_glob(sku_like), like_regex(sku_like)
     try:
         out: dict[str, dict[str, str]] = {}
@@ -822,8 +823,8 @@ def read_topic_tails(settings: Settings, topics: Sequence[str], records: int,
     from schemas.registry import SchemaRegistry, make_value_deserializer  # noqa: PLC0415 - only for --topics
 
     deserialize = make_value_deserializer(SchemaRegistry.load(), settings.kafka.schema_registry_url)
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "erpsync-reconcile",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer = Consumer(settings.kafka.client_config() | {"group.id": "erpsync-reconcile", "enable.auto.commit": False,
+                                                          "enable.partition.eof": True})
     latest: TopicValues = {}
     notes: list[str] = []
     try:

@@ -8,18 +8,24 @@ at an existing Kafka/Connect/ERP/WMS is a matter of changing them.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from erpsync.logs import kafka_client_error, kafka_client_logger
 from state.order_status import Slas
+
+SASL_MECHANISM = "SCRAM-SHA-512"
 
 _FROZEN = ConfigDict(frozen=True)
 
 
 class KafkaSettings(BaseModel):
+    """The Kafka cluster and erpsync's SASL/SCRAM login to it (TLS too when a CA file is given)."""
+
     model_config = _FROZEN
     host: str = "127.0.0.1"
     port: int = 19092
@@ -27,6 +33,13 @@ class KafkaSettings(BaseModel):
     # Confluent wire format through this registry's Confluent-compatible API; None (set it empty)
     # for Avro single-object encoding. Default (see Settings): the local stack's registry.
     schema_registry_url: str | None = None
+    user: str = "erpsync"
+    password: SecretStr = SecretStr("erpsync-kafka-local")
+    # PEM files. With a CA, clients speak SASL_SSL and verify the broker with it; the local stack's
+    # broker then serves SASL_SSL with the certificate and key (the key unencrypted, PKCS#8).
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
 
     @field_validator("schema_registry_url")
     @classmethod
@@ -37,11 +50,41 @@ class KafkaSettings(BaseModel):
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def security_protocol(self) -> Literal["SASL_PLAINTEXT", "SASL_SSL"]:
+        return "SASL_SSL" if self.ssl_ca_location else "SASL_PLAINTEXT"
+
+    def client_config(self) -> dict[str, Any]:
+        """Connection settings of every confluent-kafka client (producer, consumer, admin) of erpsync.
+
+        Bootstrap servers, SASL/SCRAM-SHA-512 with erpsync's login, TLS when configured, and the
+        client logs routed through one rate-limited logger (a broker outage makes librdkafka log
+        hundreds of lines a second). Add client-specific settings with ``|``.
+        """
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+            "sasl.mechanism": SASL_MECHANISM,
+            "sasl.username": self.user,
+            "sasl.password": self.password.get_secret_value(),
+            "logger": kafka_client_logger(),
+            "error_cb": functools.partial(kafka_client_error, user=self.user),
+        }
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = str(self.ssl_ca_location)
+        return config
+
 
 class ConnectSettings(BaseModel):
+    """Kafka Connect: its REST API (HTTP basic auth) and the worker's own Kafka login."""
+
     model_config = _FROZEN
     host: str = "127.0.0.1"
     port: int = 18083
+    user: str = "erpsync-admin"
+    password: SecretStr = SecretStr("erpsync-connect-local")
+    kafka_user: str = "erpsync-connect"
+    kafka_password: SecretStr = SecretStr("erpsync-connect-kafka-local")
 
     @property
     def url(self) -> str:
@@ -69,6 +112,9 @@ class ErpDatabaseSettings(DatabaseSettings):
 
 
 class OpsDatabaseSettings(DatabaseSettings):
+    """erpsync's own database, in a PostgreSQL cluster of its own: the ERP's replication rights do not reach it."""
+
+    port: int = 15433
     dbname: str = "erpsync_ops"
 
 
@@ -96,9 +142,15 @@ class RegistrySettings(BaseModel):
 
 
 class RedisSettings(BaseModel):
+    """Redis with ACL users: the pipeline's (writes its keys) and the storefronts' (reads ats:/price: keys)."""
+
     model_config = _FROZEN
     host: str = "127.0.0.1"
     port: int = 16379
+    user: str = "erpsync"
+    password: SecretStr = SecretStr("erpsync-redis-local")
+    reader_user: str = "storefront"
+    reader_password: SecretStr = SecretStr("erpsync-storefront-local")
 
 
 class StackSettings(BaseModel):
@@ -117,8 +169,9 @@ class FlowSettings(BaseModel):
     model_config = _FROZEN
     workers: int = 1
     # Bytewax snapshots state and input offsets at this interval; a crash replays at most this
-    # much input (sinks are fenced, so the replay is harmless).
-    snapshot_interval_s: float = 5.0
+    # much input (sinks are fenced, so the replay is harmless). Kafka outputs are committed in one
+    # transaction per interval: `read_committed` consumers see them at most this late.
+    snapshot_interval_s: float = 2.0
     # Default: <stack home>/recovery.
     recovery_dir: Path | None = None
     # Source-table mappings (TOML); default: the packaged schemas/mappings.
@@ -135,6 +188,11 @@ class FlowSettings(BaseModel):
     idle_grace_ms: int = Field(default=100, ge=0)
     shards: int = Field(default=4, ge=1)
     business_timezone: str = "UTC"
+    # A sink that has waited this long for its store raises a sink_unavailable exception.
+    sink_unavailable_after_s: float = 10.0
+    # Kafka outputs: parts, each one transactional producer and the only writer of its topic
+    # partitions (fixed for a recovery directory, like shards).
+    output_parts: int = Field(default=2, ge=1)
 
     def slas(self) -> Slas:
         return Slas(int(self.allocation_sla_s * 1000), int(self.status_grace_s * 1000), int(self.credit_sla_s * 1000),

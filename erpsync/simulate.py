@@ -647,7 +647,9 @@ class Workload:
         """
         import redis  # noqa: PLC0415
 
-        store = redis.Redis(host=self.settings.redis.host, port=self.settings.redis.port)
+        from connectors.redis import client as redis_client  # noqa: PLC0415
+
+        store = redis_client(self.settings, reader=True)
         skus = [i.sku for i in self.scenario.catalog.items]
         deadline = time.monotonic() + timeout_s
         try:
@@ -681,7 +683,7 @@ class Workload:
         if self._producer is None:
             from confluent_kafka import Producer  # noqa: PLC0415
 
-            self._producer = Producer({"bootstrap.servers": self.settings.kafka.bootstrap_servers,
+            self._producer = Producer(self.settings.kafka.client_config() | {
                                        "client.id": f"erpsync-simulate-{self.tag}", "enable.idempotence": True,
                                        "linger.ms": 5})
         producer = self._producer

@@ -6,6 +6,7 @@ Metrics (meter "erpsync"):
 - ``erpsync.sync.latency`` (histogram, ms): source commit -> sink write, by sink and topic.
 - ``erpsync.consumer.lag`` (observable gauge): records behind the end of each input partition.
 - ``erpsync.records.ignored`` (counter, connectors.metrics): ignored records by reason.
+- ``erpsync.sink.up`` (observable gauge, 1/0 per sink): whether each sink's store takes writes now.
 Traces (tracer "erpsync"): one trace per canonical event, its id derived from the event id, so the
 spans of every step that handles the event (raw read + canonicalize, each sink write) share it
 without passing a context along with the record. Sampled (``ERPSYNC_TELEMETRY__TRACE_SAMPLE``).
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,6 +45,16 @@ _trace_sample = 0.0
 
 def count(step: str, outcome: str, n: int = 1) -> None:
     RECORDS.add(n, {"step": step, "outcome": outcome})
+
+
+def watch_sinks(states: Callable[[], dict[str, bool]]) -> None:
+    """Register the sink availability gauge over `states` (sink -> up; connectors.resilience.HEALTH)."""
+
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(int(up), {"sink": sink}) for sink, up in states().items()]
+
+    _meter.create_observable_gauge("erpsync.sink.up", callbacks=[observe],
+                                   description="1 while a sink's store takes writes, 0 while it waits for it")
 
 
 def consumed(topic: str, partition: int, offset: int) -> None:
@@ -135,8 +146,7 @@ def watch_lag(settings: Settings) -> None:
     """Register the consumer-lag gauge: partition end offset minus the next offset the pipeline reads."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition  # noqa: PLC0415
 
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "erpsync-lag-probe",
-                         "enable.auto.commit": False})
+    consumer = Consumer(settings.kafka.client_config() | {"group.id": "erpsync-lag-probe", "enable.auto.commit": False})
 
     def observe(options: CallbackOptions) -> Iterable[Observation]:
         out = []

@@ -49,6 +49,7 @@ class _Logic(StatefulBatchLogic[RawRecord | Progress, Any, ReaderState]):
     def _batch(self, values: list[RawRecord | Progress]) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
         apply = self.reader.apply
+        delayed = self.state.delayed if self.state is not None else 0
         for item in values:
             self.channel = item.channel if isinstance(item, Progress) else item.read_from
             self.state, outcomes = apply(self.state, item)
@@ -67,6 +68,8 @@ class _Logic(StatefulBatchLogic[RawRecord | Progress, Any, ReaderState]):
                                                for o in outcomes if isinstance(o, Emit | Ignored)}))
                     out.append(replayed_exception(item, landed or "nothing to apply"))
         _count_read(values, out)
+        if self.state is not None and self.state.delayed > delayed:
+            telemetry.count("read", "delayed", self.state.delayed - delayed)
         if self.state is not None:
             out.extend(self.reader.flush(self.state, self.channel))
         return out, StatefulBatchLogic.RETAIN

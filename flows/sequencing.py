@@ -21,6 +21,7 @@ keys over the key's bytes, modulo the worker count; ``tests/flow`` checks it aga
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from bytewax.operators import StatefulBatchLogic
 from erpsync import telemetry
 from state.sequencer import Mark, SeqState, Sequencer, Stamped
 
+log = logging.getLogger(__name__)
 FENCE_PREFIX = "\U0010ffff\U0010ffff"  # sorts after any entity key (UTF-8 bytes F4 8F BF BF)
 
 
@@ -124,8 +126,9 @@ Route = Callable[[Any, int], Iterable[tuple[str, str, int]]]
 
 
 class _ShardLogic(StatefulBatchLogic[Any, Any, SeqState]):
-    def __init__(self, sequencer: Sequencer, resume: SeqState | None, targets: Sequence[str],
+    def __init__(self, stage_id: str, sequencer: Sequencer, resume: SeqState | None, targets: Sequence[str],
                  fences: Sequence[str]) -> None:
+        self.stage_id = stage_id
         self.sequencer = sequencer
         self.state = resume or SeqState()
         self.targets = targets
@@ -135,12 +138,16 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, SeqState]):
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
         apply = self.sequencer.apply
-        before = self.state.released
+        before, late = self.state.released, self.state.late
         for value in values:
             if isinstance(value, tuple):  # (shard id, mark): marks are sent to every shard
                 self.shard, value = value
             self.state, released = apply(self.state, value)
             out.extend(released)
+        if self.state.late > late:  # a watermark promise was broken upstream: order is not guaranteed
+            telemetry.count(self.stage_id, "late", self.state.late - late)
+            log.warning("%s: %d item(s) arrived behind the watermark (%d in all)", self.stage_id,
+                        self.state.late - late, self.state.late)
         if self.state.released > before and self.shard >= 0:
             ms = self.state.released
             for step in self.targets:
@@ -247,7 +254,7 @@ def stage(stage_id: str, items: Stream[Stamped], marks: Stream[Mark], channels: 
                             lambda m: [(str(i), (i, m)) for i in range(n)])
     shard_in = op.merge(f"{stage_id}_shard_in", keyed, broadcast)
     released = op.key_rm(f"{stage_id}_released", op.stateful_batch(
-        f"{stage_id}_shards", shard_in, lambda resume: _ShardLogic(sequencer, resume, targets, fence_to)))
+        f"{stage_id}_shards", shard_in, lambda resume: _ShardLogic(stage_id, sequencer, resume, targets, fence_to)))
     outputs = [_keyed_step(step_id, steps[step_id], released, n) for step_id in targets]
     merged = op.merge(f"{stage_id}_outputs", *outputs)
     split = op.branch(f"{stage_id}_is_mark", merged, lambda o: isinstance(o, Mark))

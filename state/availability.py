@@ -30,7 +30,7 @@ from state import exception, newer
 from state.channels import Channel
 from state.records import Emit
 from state.sequencer import Wake
-from state.timers import Deadline, overdue
+from state.timers import Deadline, arm, overdue
 
 AVAILABILITY_SCHEMA = "io.erpsync.Availability"
 POSITION_SYSTEMS = ("erp", "wms", "commerce")
@@ -466,12 +466,12 @@ class SkuAts:
         reason = "stock or orders exist for a SKU that is not in the item master"
         if unknown:
             st.unknown_armed, st.unknown_since = True, time
-            return [Deadline("unknown_sku", sku, time + self.unknown_sku_ms, time, True, reason, entity="item")]
+            return arm(Deadline("unknown_sku", sku, time + self.unknown_sku_ms, time, True, reason, entity="item"))
         st.unknown_armed = False
         due = st.unknown_since + self.unknown_sku_ms
         out: list[Any] = [Deadline("unknown_sku", sku, due, time, False, entity="item")]
         if time >= due:  # it fired: the item master has it now
-            out.extend(overdue("unknown_sku", "item", sku, reason, due, time, {}))
+            out.extend(overdue("unknown_sku", "item", sku, reason, due, time, {}, armed_ms=st.unknown_since))
         return out
 
     def copy(self, state: AtsState | None) -> AtsState | None:

@@ -277,9 +277,26 @@ class ReaderState:
     at_fence: set[str] = field(default_factory=set)  # keys applied at exactly that position
     open_tx: int | None = None  # transaction topic: time its open transaction began
     closed: list[tuple[int, int]] = field(default_factory=list)  # spans closed since the last mark
+    delayed: int = 0  # records that arrived after their partition's idle promise (see `_time`)
 
     def copy(self) -> ReaderState:
-        return ReaderState(self.clock, self.sent, self.fence, set(self.at_fence), self.open_tx, list(self.closed))
+        return ReaderState(self.clock, self.sent, self.fence, set(self.at_fence), self.open_tx, list(self.closed),
+                           self.delayed)
+
+    def time_of(self, raw: RawRecord) -> int:
+        """A record's event time on this partition: never before what the partition already promised.
+
+        Read to its end, a partition promises the wall clock minus the grace; a record slower than
+        that from its producer to here arrives behind the promise. It takes the first instant after
+        it (counted in `delayed`), so the stages downstream never see an item behind their watermark.
+        Replays promise nothing by the clock, so their times are the records' own.
+        """
+        time = max(self.clock, record_time(raw))
+        if time <= self.sent:
+            time = self.sent + 1
+            self.delayed += 1
+        self.clock = time
+        return time
 
 
 def record_time(raw: RawRecord, envelope: Mapping[str, Any] | None = None) -> int:
@@ -318,8 +335,7 @@ class PartitionReader:
         if raw.topic.startswith(HEARTBEAT_PREFIX):
             st.clock = max(st.clock, raw.timestamp_ms)
             return st, [Ignored("heartbeat", raw.topic, raw.partition, raw.offset)]
-        time = max(st.clock, record_time(raw))
-        st.clock = time
+        time = st.time_of(raw)
         if raw.topic in self.other_topics and not raw.replayed:
             return st, list(self.parse_other(raw, time))
         outcomes = self.canonicalizer.convert(raw, time)
@@ -356,8 +372,7 @@ class PartitionReader:
             doc = loads(raw.value or b"")
         except (UnicodeDecodeError, ValueError, RecursionError):
             return ignored
-        time = max(st.clock, record_time(raw))
-        st.clock = time
+        time = st.time_of(raw)
         status = doc.get("status") if isinstance(doc, dict) else None
         if status == "BEGIN":
             st.open_tx = time

@@ -24,7 +24,7 @@ from typing import Any
 from state import exception, newer
 from state.intake import IntakeDecision
 from state.records import Emit
-from state.timers import Deadline, overdue
+from state.timers import Deadline, arm, overdue
 
 ORDER_STATUS_SCHEMA = "io.erpsync.OrderStatus"
 SHIPPED_STATES = frozenset({"dispatched", "delivered"})
@@ -425,10 +425,11 @@ class BookState:
     armed: dict[str, tuple[str, int, str, tuple[tuple[str, Any], ...]]] = field(default_factory=dict)
     mismatch_since: int = 0
     dirty: bool = False  # facts changed in this instant
+    armed_ms: dict[str, int] = field(default_factory=dict)  # when each deadline in `armed` was armed
 
     def copy(self) -> BookState:
         return BookState(self.facts.copy(), self.shown, dict(self.raised), dict(self.armed), self.mismatch_since,
-                         self.dirty)
+                         self.dirty, dict(self.armed_ms))
 
 
 class StatusBook:
@@ -485,11 +486,14 @@ class StatusBook:
             if old is not None and (new is None or new[1] != old[1]):
                 kind, due, reason, detail = old
                 out.append(Deadline(kind, _key(key, name), due, time, False))
+                armed_ms = st.armed_ms.pop(name, time)
                 if time >= due:  # it fell due while open: raised at its due time, resolved now
-                    out.extend(overdue(kind, "order", _key(key, name), reason, due, time, dict(detail)))
+                    out.extend(overdue(kind, "order", _key(key, name), reason, due, time, dict(detail),
+                                       armed_ms=armed_ms))
             if new is not None and (old is None or new[1] != old[1]):
                 kind, due, reason, detail = new
-                out.append(Deadline(kind, _key(key, name), due, time, True, reason, detail))
+                out.extend(arm(Deadline(kind, _key(key, name), due, time, True, reason, detail)))
+                st.armed_ms[name] = time  # (a due time from a source column may be past already)
         st.armed = wanted
         return out
 

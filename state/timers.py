@@ -49,18 +49,36 @@ class Deadline:
 
 
 def overdue(kind: str, entity: str, key: str, reason: str, due: int, cleared_ms: int,
-            detail: dict[str, Any]) -> list[Any]:
+            detail: dict[str, Any], *, armed_ms: int) -> list[Any]:
     """A deadline that passed before its situation ended: the exception at its due time, resolved at the end.
 
-    The timer fired it already if its minute's wake came before the end; else the disarm reaches the
-    timer first, and the exception is raised here.
+    The timer fired it already if it was armed at or after its due time (it fires at once then), or
+    if its minute's wake came before the end; else the disarm reaches the timer first, and the
+    exception is raised here.
     """
     severity = SEVERITY.get(kind, "warning")
-    out = [] if cleared_ms > due - due % BUCKET_MS + BUCKET_MS - 1 else [
+    fired = armed_ms >= due or cleared_ms > due - due % BUCKET_MS + BUCKET_MS - 1
+    out = [] if fired else [
         exception(kind, severity, entity, key, reason, {**detail, "due_ms": due}, due)]
     out.append(exception(kind, severity, entity, key, f"resolved: {reason}",
                          {**detail, "due_ms": due, "cleared_ms": cleared_ms}, cleared_ms, state="resolved"))
     return out
+
+
+def arm(d: Deadline) -> list[Any]:
+    """What arming `d` sends: the deadline, for the timers, or its exception at once if already due.
+
+    A due time can be past when armed (it may come from a source column, e.g. a return's
+    received_at). Raising it here, in the arming step, keeps it in order with its resolution,
+    which the same step sends (``overdue`` with ``armed_ms`` >= due).
+    """
+    return [fire(d)] if d.due <= d.time else [d]
+
+
+def fire(d: Deadline) -> Any:
+    """The exception of a deadline that fell due while armed, at its due time."""
+    return exception(d.kind, SEVERITY.get(d.kind, "warning"), d.entity, d.key, d.reason,
+                     {**dict(d.detail), "due_ms": d.due}, d.due)
 
 
 @dataclass(slots=True)
@@ -84,22 +102,17 @@ class Timers:
         if not item.armed:
             if name in st.armed and st.armed[name].due == item.due:
                 del st.armed[name]
-        elif item.due <= time:
+        elif item.due <= time:  # (arming steps fire these themselves: see `arm`)
             st.armed.pop(name, None)
-            return (st if st.armed else None), [self._exception(item)]  # already past when armed: fire now
+            return (st if st.armed else None), [fire(item)]
         else:
             st.armed[name] = item
         return (st if st.armed else None), []
 
     def _fire(self, st: TimerState, now: int) -> tuple[TimerState | None, list[Any]]:
         due = sorted((d.due, name) for name, d in st.armed.items() if d.due <= now)
-        out = [self._exception(st.armed.pop(name)) for _, name in due]
+        out = [fire(st.armed.pop(name)) for _, name in due]
         return (st if st.armed else None), out
-
-    @staticmethod
-    def _exception(d: Deadline) -> Any:
-        return exception(d.kind, SEVERITY.get(d.kind, "warning"), d.entity, d.key, d.reason,
-                         {**dict(d.detail), "due_ms": d.due}, d.due)
 
     def close(self, state: TimerState | None, key: str, time: int) -> tuple[TimerState | None, list[Any]]:
         return state, []

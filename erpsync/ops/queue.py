@@ -84,7 +84,7 @@ def replay_dead_letters(settings: Settings, *, reason: str | None = None, topic:
         result.matched += 1
         wanted.append((key, value, headers))
     replayed = _replayed_ids(settings)
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers, "enable.idempotence": True})
+    producer = Producer(settings.kafka.client_config() | {"enable.idempotence": True})
     failures: list[str] = []
     kafka.ensure_topics(settings, [DLQ_REPLAY_TOPIC])
     for key, value, headers in wanted:
@@ -108,8 +108,8 @@ def _replayed_ids(settings: Settings) -> set[str]:
 def _read_dead_letters(settings: Settings, timeout_s: float) -> list[tuple[bytes | None, bytes | None,
                                                                              list[tuple[str, Any]]]]:
     """Every record of sync.dlq, from the beginning to the end as of now."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": "erpsync-dlq-replay",
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer = Consumer(settings.kafka.client_config() | {"group.id": "erpsync-dlq-replay",
+                                                          "enable.auto.commit": False, "enable.partition.eof": True})
     try:
         meta = consumer.list_topics(DLQ_TOPIC, timeout=10)
         parts = meta.topics[DLQ_TOPIC].partitions if DLQ_TOPIC in meta.topics else {}

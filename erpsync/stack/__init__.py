@@ -1,6 +1,7 @@
 """The local stack, on loopback, with all data under one directory (``ERPSYNC_STACK__HOME``).
 
-Kafka (KRaft), Kafka Connect + Debezium, PostgreSQL (ERP + ops), MariaDB (WMS) and Redis.
+Kafka (KRaft, SASL/SCRAM), Kafka Connect + Debezium (REST with basic auth), PostgreSQL for the ERP,
+a second PostgreSQL cluster for erpsync's ops database, MariaDB (WMS) and Redis (ACL users).
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ def up(settings: Settings) -> dict[str, float]:
     timings: dict[str, float] = {}
     home = settings.stack.home
     home.mkdir(parents=True, exist_ok=True)
+    for path in (home / "logs").glob("*"):  # logs of an older stack were world-readable
+        path.chmod(0o600)
     install_log = home / "logs" / "install.log"
     t0 = time.monotonic()
     ensure_packages(install_log)
     ensure_jars(DEBEZIUM_DIR / "pom.xml", home / "jvm", install_log)
     timings["install"] = time.monotonic() - t0
-    for component in all_components(settings):
+    components = all_components(settings)
+    # Components started with another configuration stop first, newest first as in `down` (Connect
+    # before the Kafka it uses), so that each restarts against dependencies already reconfigured.
+    for component in reversed(components):
+        component.stop_if_reconfigured()
+    for component in components:
         t0 = time.monotonic()
         component.start()
         component.provision()

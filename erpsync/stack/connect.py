@@ -1,7 +1,8 @@
-"""Kafka Connect REST client: idempotent connector registration and state checks."""
+"""Kafka Connect REST client (HTTP basic auth): idempotent connector registration and state checks."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.error
@@ -9,29 +10,56 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
+from erpsync.settings import ConnectSettings
 from erpsync.stack.process import StackError, tail
 
 
 class ConnectClient:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, user: str, password: SecretStr) -> None:
         self.url = url.rstrip("/")
+        self.user = user
+        self._authorization = "Basic " + base64.b64encode(f"{user}:{password.get_secret_value()}".encode()).decode()
 
-    def _request(self, method: str, path: str, body: Any = None) -> Any:
+    @classmethod
+    def of(cls, settings: ConnectSettings) -> ConnectClient:
+        """The client of the configured Connect cluster, with its REST login."""
+        return cls(settings.url, settings.user, settings.password)
+
+    def _request(self, method: str, path: str, body: Any = None, *, timeout_s: float = 30) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(  # noqa: S310 - the URL comes from settings
-            f"{self.url}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+            f"{self.url}{path}", data=data, method=method,
+            headers={"Content-Type": "application/json", "Authorization": self._authorization},
         )
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                raise StackError(f"connect: authentication as user {self.user!r} at {self.url} failed (401); "
+                                 "check ERPSYNC_CONNECT__USER/PASSWORD") from None
             detail = exc.read().decode("utf-8", "replace")[:2000]
             raise StackError(f"connect: {method} {path} returned {exc.code}: {detail}") from exc
         return json.loads(raw) if raw else None
 
+    def plugins(self, *, timeout_s: float = 30) -> list[dict[str, Any]]:
+        """The installed connector plugins."""
+        result: list[dict[str, Any]] = self._request("GET", "/connector-plugins", timeout_s=timeout_s)
+        return result
+
     def apply(self, connector: dict[str, Any]) -> None:
-        """Create or update a connector from its JSON ({"name", "config"}); PUT is idempotent."""
-        self._request("PUT", f"/connectors/{connector['name']}/config", connector["config"])
+        """Create or update a connector from its JSON ({"name", "config"}); PUT is idempotent.
+
+        A connector or task that had FAILED (say, under an earlier configuration) is restarted, so
+        that the state waited on next is the new configuration's.
+        """
+        name = connector["name"]
+        self._request("PUT", f"/connectors/{name}/config", connector["config"])
+        st = self.status(name) or {}
+        if "FAILED" in [st.get("connector", {}).get("state"), *(t.get("state") for t in st.get("tasks", []))]:
+            self._request("POST", f"/connectors/{name}/restart?includeTasks=true&onlyFailed=true")
 
     def status(self, name: str) -> dict[str, Any] | None:
         try:

@@ -27,6 +27,23 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def private_file(path: Path, text: str | None = None) -> Path:
+    """Create path (and its directory) readable by its owner only (0600); write text if given.
+
+    Logs, configuration with credentials, ACL and password files of the stack are all made here,
+    so none is ever readable by other users of the machine, not even for a moment.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if text is not None else os.O_APPEND), 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode otherwise
+        if text is not None:
+            os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    return path
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:
@@ -77,9 +94,8 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start argv in its own session, output appended to log_file, pid written to pid_file."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as log:
+    """Start argv in its own session, output appended to log_file (0600), pid written to pid_file."""
+    with private_file(log_file).open("ab") as log:
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -136,8 +152,13 @@ def run(
     log_file: Path,
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
+    log_output: bool = True,
 ) -> str:
-    """Run a set-up command to completion, logging its output; raise StackError naming `what`."""
+    """Run a set-up command to completion, logging its output; raise StackError naming `what`.
+
+    ``log_output=False`` keeps the output of a tool that prints derived credentials (Kafka's storage
+    format echoes the SCRAM records it writes) out of the log.
+    """
     result = subprocess.run(
         list(argv),
         input=input_text,
@@ -146,12 +167,12 @@ def run(
         env=dict(env) if env is not None else None,
         check=False,
     )
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("a") as log:
-        log.write(f"$ {' '.join(argv)}\n{result.stdout}{result.stderr}")
+    with private_file(log_file).open("a") as log:
+        output = f"{result.stdout}{result.stderr}" if log_output else f"(output not logged; exit {result.returncode})\n"
+        log.write(f"$ {' '.join(argv)}\n{output}")
     if result.returncode != 0:
         raise StackError(
             f"{what}: `{argv[0]}` exited with {result.returncode}; see {log_file}\n"
-            f"{(result.stderr or result.stdout).strip()[-2000:]}"
+            f"{(result.stderr or (result.stdout if log_output else '')).strip()[-2000:]}"
         )
     return result.stdout

@@ -409,6 +409,9 @@ def test_14_a_return_booked_after_its_credit_sla_raises_credit_pending() -> None
                                   "reason": "return", "posted_at": "2026-11-16T00:00:00Z"})
     out = run(w.records(), slas=slas)
     assert kinds(out).get(("credit_pending", "marketplace/MP-1/RMA-1")) == "resolved"
+    # raised once (the timer fires a deadline armed past due at once; its clearance only resolves it)
+    states = [e.value["state"] for e in emits(out, "sync.exceptions") if e.value["kind"] == "credit_pending"]
+    assert states == ["open", "resolved"]
 
 
 def test_no_record_is_lost() -> None:

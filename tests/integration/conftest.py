@@ -22,6 +22,7 @@ import pytest
 import redis
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
 
+from connectors.redis import client as redis_client
 from erpsync import stack
 from erpsync.settings import Settings, load_settings
 from schemas.registry import SchemaRegistry, make_value_deserializer
@@ -102,8 +103,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> It
 
 @pytest.fixture
 def store(settings: Settings) -> redis.Redis:
-    """The Redis storefronts read."""
-    return redis.Redis(host=settings.redis.host, port=settings.redis.port)
+    """The Redis storefronts read, with the pipeline's login (tests also write and clean up)."""
+    return redis_client(settings)
 
 
 def unique(prefix: str) -> str:
@@ -113,7 +114,7 @@ def unique(prefix: str) -> str:
 def read_to_end(settings: Settings, topics: list[str], timeout_s: float = 60,
                 since_ms: int | None = None) -> Iterator[Message]:
     """Every record of `topics` (written at or after `since_ms`, if given) until each partition's end."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": unique("read"),
+    consumer = Consumer(settings.kafka.client_config() | {"group.id": unique("read"),
                          "auto.offset.reset": "earliest", "enable.partition.eof": True})
     meta = consumer.list_topics(timeout=10)
     parts = [TopicPartition(t, p, since_ms if since_ms is not None else OFFSET_BEGINNING)
@@ -141,7 +142,7 @@ def read_canonical(settings: Settings, registry: SchemaRegistry, topics: list[st
                    expected: int, timeout_s: float = 60) -> list[tuple[str, str, dict[str, Any]]]:
     """(topic, key, decoded value) of every canonical record for `keys`, until `expected` arrived."""
     deserialize = make_value_deserializer(registry, settings.kafka.schema_registry_url)
-    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap_servers, "group.id": unique("canon"),
+    consumer = Consumer(settings.kafka.client_config() | {"group.id": unique("canon"),
                          "auto.offset.reset": "earliest", "topic.metadata.refresh.interval.ms": 1000})
     consumer.subscribe(topics)
     out: list[tuple[str, str, dict[str, Any]]] = []
@@ -165,8 +166,7 @@ class TopicReader:
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.topic = topic
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka.bootstrap_servers,
+        self.consumer = Consumer(settings.kafka.client_config() | {
             "group.id": unique("test"),
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

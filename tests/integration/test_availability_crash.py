@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from connectors.redis import client as redis_client
 from erpsync.settings import Settings
 from schemas.registry import SchemaRegistry
 
@@ -32,7 +33,7 @@ def test_kill_9_and_restart_never_goes_backwards(settings: Settings, erp, wms, s
     stop = threading.Event()
 
     def watch() -> None:  # what a storefront would have read, every 20 ms
-        client = redis.Redis(host=settings.redis.host, port=settings.redis.port)
+        client = redis_client(settings, reader=True)
         while not stop.is_set():
             seen.append(redis_values(client, skus))
             time.sleep(0.02)

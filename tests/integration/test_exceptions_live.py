@@ -75,9 +75,9 @@ def test_a_dead_letter_lands_after_its_mapping_is_added_and_its_exception_turns_
                 (sku,))
     topic = "erp.erp.legacy_items"
     wait_for(lambda: topic in subprocess.run([sys.executable, "-c", (
-        "from confluent_kafka.admin import AdminClient;"
-        f"print(list(AdminClient({{'bootstrap.servers': '{settings.kafka.bootstrap_servers}'}})"
-        ".list_topics(timeout=10).topics))")], capture_output=True, text=True, check=False).stdout,
+        "from confluent_kafka.admin import AdminClient; from erpsync.settings import load_settings;"
+        "print(list(AdminClient(load_settings().kafka.client_config()).list_topics(timeout=10).topics))")],
+        capture_output=True, text=True, check=False).stdout,
         60, "Debezium to create the new table's topic")
 
     pipeline = Pipeline(home, ERPSYNC_FLOWS__MAPPINGS_DIR=str(mappings)).start()

@@ -10,7 +10,6 @@ Confluent-compatible API, as any Confluent-framing consumer would.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from erpsync.channels import load_channels
+from erpsync.kcat import kcat_command
 from erpsync.settings import Settings
 from erpsync.subjects import value_subjects
 from schemas.compat import mode_of
@@ -67,13 +67,11 @@ def kcat_records(settings: Settings, topic: str) -> list[tuple[bytes | None, byt
 
     A topic that does not exist yet (the pipeline creates it as it starts) reads as empty.
     """
-    kcat = shutil.which("kcat")
-    assert kcat, "kcat is not installed (Debian package kcat)"
-    done = subprocess.run(
-        [kcat, "-b", settings.kafka.bootstrap_servers, "-C", "-t", topic, "-o", "beginning", "-e", "-q",
-         "-f", r"%K %S\n%k%s"],
-        capture_output=True, check=False, timeout=60,
-    )
+    # as `erpsync kcat` runs it: logged in through a properties file, with a librdkafka whose SCRAM
+    # Kafka 4 accepts
+    with kcat_command(settings) as (kcat, env):
+        done = subprocess.run([*kcat, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", r"%K %S\n%k%s"],
+                              capture_output=True, check=False, timeout=60, env=env)
     if done.returncode != 0:
         assert b"Unknown topic" in done.stderr, done.stderr
         return []

@@ -93,7 +93,7 @@ def test_failed_component_is_named_with_its_log(tmp_path: Path) -> None:
 def test_status_shows_components_tasks_and_slot_lag(settings) -> None:  # type: ignore[no-untyped-def]
     result = erpsync("stack", "status")
     assert result.returncode == 0, result.stdout
-    for component in ("redis", "postgres", "mariadb", "kafka", "connect", "registry"):
+    for component in ("redis", "postgres", "ops-db", "mariadb", "kafka", "connect", "registry"):
         assert re.search(rf"^{component} +healthy ", result.stdout, re.M), component
     registered = re.search(r"^  subjects registered: (\d+)$", result.stdout, re.M)
     assert registered and int(registered.group(1)) >= 17  # every schema of the contract under a subject

@@ -10,7 +10,7 @@ import pytest
 
 from schemas.registry import SchemaRegistry
 from state.changes import TOAST_PLACEHOLDER, Canonicalizer, PartitionReader, source_position
-from state.records import DeadLetter, Emit, Ignored, RawRecord
+from state.records import DeadLetter, Emit, Ignored, Progress, RawRecord
 from tests.conftest import envelope
 
 
@@ -261,3 +261,22 @@ def test_timestamps_before_1970(captured: list[RawRecord], canonicalizer: Canoni
     doc["after"]["updated_at"] = "1969-12-31T23:59:59.500000Z"
     [emit] = run(canonicalizer, [with_value(raw, doc)])
     assert emit.value["updated_at"] == -500_000
+
+
+def test_a_record_slower_than_the_grace_keeps_its_partitions_promise(captured: list[RawRecord],
+                                                                     canonicalizer: Canonicalizer) -> None:
+    """Read to its end, a partition promised the wall clock minus the grace; a record produced before
+    that but delivered after must not land behind the promise (the stages would see it late)."""
+    reader = PartitionReader(canonicalizer, grace_ms=100)
+    raw = dataclasses.replace(first(captured, "wms.wms.inventory_balances", "r"), timestamp_ms=5_000)
+    channel = raw.read_from
+    state, marks = reader.apply(None, Progress(channel, 10_000))
+    assert [m.ms for m in marks] == [9_900]
+    state, [emit] = reader.apply(state, raw)
+    assert isinstance(emit, Emit) and emit.time == 9_901 and state.delayed == 1
+    assert reader.flush(state, channel) == []  # nothing after 9_900 promised: it is at 9_901
+    doc = envelope(raw)
+    doc["source"]["pos"] = int(doc["source"]["pos"]) + 1000  # the row's next change
+    state, [later] = reader.apply(state, dataclasses.replace(with_value(raw, doc), offset=raw.offset + 1,
+                                                             timestamp_ms=20_000))
+    assert isinstance(later, Emit) and later.time == 20_000 and state.delayed == 1

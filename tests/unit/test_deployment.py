@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -11,8 +13,15 @@ import pytest
 import yaml
 
 from erpsync.cli import build_parser
-from erpsync.settings import Settings
-from erpsync.stack.components import connect_worker_properties, load_connector_configs
+from erpsync.settings import SASL_MECHANISM, RedisSettings, Settings, StackSettings
+from erpsync.stack.components import (
+    REDIS_PIPELINE_RULES,
+    REDIS_READER_RULES,
+    Kafka,
+    connect_worker_properties,
+    load_connector_configs,
+    redis_acl,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +41,7 @@ def _pom_property(name: str) -> str:
 
 def test_topology(compose: dict[str, Any]) -> None:
     assert set(compose["services"]) == {
-        "kafka", "connect", "connectors", "schema-registry", "schemas", "erp", "wms", "redis", "flows"
+        "kafka", "connect", "connectors", "schema-registry", "schemas", "erp", "ops-db", "wms", "redis", "flows"
     }
 
 
@@ -49,9 +58,10 @@ def test_the_registry_is_apicurio_on_postgres_as_in_the_local_stack(compose: dic
     registry = services["schema-registry"]["environment"]
     local = Settings().registry
     assert registry["APICURIO_STORAGE_KIND"] == "sql" and registry["APICURIO_STORAGE_SQL_KIND"] == "postgresql"
-    assert registry["APICURIO_DATASOURCE_URL"] == f"jdbc:postgresql://erp:5432/{local.dbname}"
-    assert registry["APICURIO_DATASOURCE_USERNAME"] == services["erp"]["environment"]["ERPSYNC_REGISTRY_USER"]
-    init = (ROOT / "debezium" / "docker-init" / "10-erp.sh").read_text()
+    # Like the local stack, the registry keeps its schemas in erpsync's own database, not the ERP's.
+    assert registry["APICURIO_DATASOURCE_URL"] == f"jdbc:postgresql://ops-db:5432/{local.dbname}"
+    assert registry["APICURIO_DATASOURCE_USERNAME"] == services["ops-db"]["environment"]["ERPSYNC_REGISTRY_USER"]
+    init = (ROOT / "debezium" / "docker-init" / "10-ops.sh").read_text()
     assert f"CREATE DATABASE {local.dbname} OWNER :\"registry_user\"" in init
     # erpsync writes the Confluent wire format through the registry's Confluent-compatible API, and
     # the schemas are registered before the flows start.
@@ -67,7 +77,8 @@ def test_connect_worker_settings_match_the_local_worker(compose: dict[str, Any])
               "OFFSET_STORAGE_TOPIC": "offset.storage.topic", "STATUS_STORAGE_TOPIC": "status.storage.topic",
               "KEY_CONVERTER": "key.converter", "VALUE_CONVERTER": "value.converter"}
     compose_props = {direct[k]: v for k, v in env.items() if k in direct}
-    compose_props |= {k[len("CONNECT_"):].lower().replace("_", "."): v
+    # "$$" is compose's escape of "$": the worker sees ${env:...} placeholders, as locally.
+    compose_props |= {k[len("CONNECT_"):].lower().replace("_", "."): v.replace("$$", "$")
                       for k, v in env.items() if k.startswith("CONNECT_")}
     local = connect_worker_properties(Settings())
     host_specific = {"bootstrap.servers", "listeners", "rest.advertised.host.name",
@@ -79,10 +90,12 @@ def test_connect_worker_settings_match_the_local_worker(compose: dict[str, Any])
 
 def test_connector_placeholders_are_provided_to_connect(compose: dict[str, Any]) -> None:
     env = compose["services"]["connect"]["environment"]
-    for connector in load_connector_configs():
-        for value in connector["config"].values():
-            for var in re.findall(r"\$\{env:([A-Z_]+)\}", value):
-                assert var in env, f"{connector['name']} reads ${{env:{var}}}, not set for connect"
+    values = [(c["name"], v) for c in load_connector_configs() for v in c["config"].values()]
+    values += [("the worker", v) for v in connect_worker_properties(Settings()).values()]
+    assert any("${env:ERPSYNC_CONNECT_KAFKA_PASSWORD}" in v for _, v in values)
+    for name, value in values:
+        for var in re.findall(r"\$\{env:([A-Z_]+)\}", value):
+            assert var in env, f"{name} reads ${{env:{var}}}, not set for connect"
 
 
 def test_databases_are_configured_for_capture(compose: dict[str, Any]) -> None:
@@ -108,8 +121,10 @@ def test_erpsync_services_run_real_commands(compose: dict[str, Any]) -> None:
 
 def test_no_secret_literals(compose: dict[str, Any]) -> None:
     text = (ROOT / "docker-compose.yml").read_text()
-    for match in re.finditer(r"PASSWORD:\s*(\S+)", text):
+    for match in re.finditer(r"PASSWORD:\s+(\S+)", text):
         assert match.group(1).startswith("${"), match.group(0)
+    for match in re.finditer(r'password="([^"]*)"', text):  # JAAS logins
+        assert match.group(1).startswith(("${", "$${")), match.group(0)
 
 
 def test_every_data_file_of_the_package_is_shipped() -> None:
@@ -124,3 +139,69 @@ def test_every_data_file_of_the_package_is_shipped() -> None:
     assert data, "no data files found"
     missing = [f for f in data if not any(fnmatch.fnmatch(f, g) for g in globs)]
     assert missing == []
+
+
+def test_kafka_listener_matches_the_local_broker(compose: dict[str, Any], tmp_path: Path) -> None:
+    """SASL/SCRAM on the client listener, the controller PLAINTEXT on loopback, in both."""
+    env = compose["services"]["kafka"]["environment"]
+    local = dict(line.split("=", 1) for line in
+                 Kafka(Settings(stack=StackSettings(home=tmp_path)))._properties().splitlines() if "=" in line)
+    for key in ("listener.security.protocol.map", "sasl.enabled.mechanisms", "sasl.mechanism.inter.broker.protocol",
+                "controller.listener.names", "inter.broker.listener.name"):
+        assert env["KAFKA_" + key.upper().replace(".", "_")] == local[key], key
+    assert local["listener.security.protocol.map"] == "CLIENT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT"
+    assert local["sasl.enabled.mechanisms"] == SASL_MECHANISM == "SCRAM-SHA-512"
+    assert "CONTROLLER://localhost:9093" in env["KAFKA_LISTENERS"]
+    assert "ports" not in compose["services"]["kafka"]
+
+
+def test_scram_logins_are_the_settings_logins(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]["environment"]
+    defaults = Settings()
+    assert kafka["ERPSYNC_KAFKA_USER"] == defaults.kafka.user
+    assert kafka["ERPSYNC_CONNECT_KAFKA_USER"] == defaults.connect.kafka_user
+    assert compose["x-capture-env"]["ERPSYNC_CONNECT_KAFKA_USER"] == defaults.connect.kafka_user
+    erpsync = compose["x-erpsync-env"]
+    assert erpsync["ERPSYNC_KAFKA__USER"] == defaults.kafka.user
+    assert erpsync["ERPSYNC_CONNECT__USER"] == compose["services"]["connect"]["environment"]["ERPSYNC_CONNECT_USER"]
+
+
+def test_redis_acl_of_compose_is_the_local_acl(tmp_path: Path) -> None:
+    """Run the compose entrypoint's ACL writer and compare its file with the local stack's, byte for byte."""
+    script = (ROOT / "debezium" / "docker-init" / "redis-acl.sh").read_text()
+    assert "/data/users.acl" in script and 'exec docker-entrypoint.sh "$@"' in script
+    local = tmp_path / "redis-acl.sh"
+    local.write_text(script.replace("/data/users.acl", str(tmp_path / "users.acl"))
+                     .replace('exec docker-entrypoint.sh "$@"', "true"))
+    r = RedisSettings(password="pipe-Secret 1", reader_password="read$Secret`2")  # type: ignore[arg-type]
+    env = dict(os.environ, ERPSYNC_REDIS_USER=r.user, ERPSYNC_REDIS_PASSWORD=r.password.get_secret_value(),
+               ERPSYNC_REDIS_READER_USER=r.reader_user,
+               ERPSYNC_REDIS_READER_PASSWORD=r.reader_password.get_secret_value())
+    subprocess.run(["sh", str(local)], env=env, check=True)
+    assert (tmp_path / "users.acl").read_text() == redis_acl(r)
+    assert (tmp_path / "users.acl").stat().st_mode & 0o077 == 0
+    assert REDIS_PIPELINE_RULES in script and REDIS_READER_RULES in script
+
+
+def test_only_authenticated_services_are_published(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert "ports" not in services["redis"]
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} beyond the host's loopback"
+    connect = services["connect"]["environment"]
+    assert connect["CONNECT_REST_EXTENSION_CLASSES"].endswith("BasicAuthSecurityRestExtension")
+    assert "java.security.auth.login.config" in connect["KAFKA_OPTS"]
+    assert "-u" in services["connect"]["healthcheck"]["test"][1]
+
+
+def test_ops_database_has_its_own_cluster(compose: dict[str, Any]) -> None:
+    env = compose["x-erpsync-env"]
+    assert env["ERPSYNC_OPS__HOST"] == "ops-db" != env["ERPSYNC_ERP__HOST"]
+    assert compose["services"]["ops-db"]["environment"]["POSTGRES_DB"] == Settings().ops.dbname
+    assert Settings().ops.dbname not in (ROOT / "debezium" / "docker-init" / "10-erp.sh").read_text()
+    assert "ops-db" in compose["services"]["flows"]["depends_on"]
+
+
+def test_a_pipeline_that_dies_is_restarted(compose: dict[str, Any]) -> None:
+    assert compose["services"]["flows"]["restart"] in ("unless-stopped", "always", "on-failure")
