@@ -1,8 +1,9 @@
-"""Kafka: raw change topics in; canonical/derived topics and the DLQ out.
+"""Kafka in: the raw change topics (and channel orders, replayed dead letters); topic administration.
 
-Production is at-least-once: bytewax recovery resumes each partition from its snapshotted offset,
-so records after the last snapshot are delivered again, and every consumer of our topics is
-fenced by source position (or idempotent by key).
+bytewax recovery resumes each partition from its snapshotted offset, so records after the last
+snapshot are read again; the pipeline's outputs stay exactly-once (``connectors.kafka_out``) or
+fenced (Redis, the databases). A stop request (``connectors.lifecycle``) ends every partition: the
+dataflow then drains and takes a final snapshot.
 """
 
 from __future__ import annotations
@@ -14,24 +15,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSinkMessage
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import (
     OFFSET_BEGINNING,
     TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
-    Producer,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from connectors import lifecycle
 from erpsync import telemetry
 from erpsync.settings import Settings
-from state.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, DeadLetter, Emit, Progress, RawRecord, event_ms_of
+from state.records import DLQ_REPLAY_TOPIC, Progress, RawRecord
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +89,8 @@ class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
         self.told_ms = 0  # when Progress was last sent
 
     def next_batch(self) -> list[RawRecord | Progress]:
+        if lifecycle.stop_requested():
+            raise StopIteration
         out: list[RawRecord | Progress] = []
         now = int(time.time() * 1000)
         for msg in self.consumer.consume(self.batch_size, 0):
@@ -165,95 +166,6 @@ def _to_raw(msg: Any, channel: str) -> RawRecord:
         except (KeyError, ValueError):  # (UnicodeDecodeError is a ValueError)
             pass  # not one of ours: processed as a record of the replay topic (no mapping -> DLQ)
     return RawRecord(topic, partition, offset, msg.key(), msg.value(), ts, channel=channel)
-
-
-Message = KafkaSinkMessage[bytes | None, bytes | None]
-# A message, or (message, source event ms, canonical event id or None) for the latency metric and traces.
-Outgoing = Message | tuple[Message, int, str | None]
-
-
-class TopicSink(DynamicSink[Outgoing]):
-    """Produces to the topic named in each message; raises if any delivery fails.
-
-    Unlike a fire-and-forget producer, a failed delivery stops the dataflow before the next
-    snapshot, so the records are read again on restart instead of being lost.
-    """
-
-    def __init__(self, settings: Settings, extra: dict[str, Any] | None = None) -> None:
-        self.config = settings.kafka.client_config() | {
-            "enable.idempotence": True,
-            "linger.ms": 5,
-            "compression.type": "lz4",
-        } | (extra or {})
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _TopicSinkPartition:
-        return _TopicSinkPartition(Producer(self.config))
-
-
-class _TopicSinkPartition(StatelessSinkPartition[Outgoing]):
-    def __init__(self, producer: Producer) -> None:
-        self.producer = producer
-        self.failures: list[str] = []
-
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.failures.append(f"{msg.topic()}: {err}")
-
-    def write_batch(self, items: list[Outgoing]) -> None:
-        messages = [item[0] if isinstance(item, tuple) else item for item in items]
-        for m in messages:
-            while True:
-                try:
-                    self.producer.produce(m.topic or "", value=m.value, key=m.key,
-                                          headers=list(m.headers), on_delivery=self._on_delivery)
-                    break
-                except BufferError:
-                    self.producer.poll(0.1)  # local queue full: let deliveries drain
-        self.producer.flush()
-        if self.failures:
-            failures, self.failures = self.failures, []
-            raise KafkaException(f"{len(failures)} deliveries failed, first: {failures[0]}")
-        written: dict[str, list[int]] = {}
-        for item in items:
-            if isinstance(item, tuple):
-                written.setdefault(item[0].topic or "", []).append(item[1])
-        for topic, times in written.items():
-            telemetry.sink_latency("kafka", topic, times)
-        if telemetry.tracing():
-            for item in items:
-                if isinstance(item, tuple) and item[2] is not None:
-                    with telemetry.event_span("sink.kafka", item[2], topic=item[0].topic or ""):
-                        pass
-
-    def close(self) -> None:
-        self.producer.flush()
-
-
-def emit_output(step_id: str, up: Stream[Emit], settings: Settings, serialize: Serializer) -> None:
-    """Avro-encode and publish records, keyed by their business key."""
-
-    def to_message(e: Emit) -> Outgoing:
-        message = KafkaSinkMessage(e.key.encode(), serialize(e.topic, e.schema, e.value), topic=e.topic)
-        return message, event_ms_of(e), e.value.get("event_id")
-
-    op.output(step_id, op.map(f"{step_id}_encode", up, to_message), TopicSink(settings))
-
-
-def dlq_output(step_id: str, up: Stream[DeadLetter], settings: Settings) -> None:
-    """The original bytes, key and coordinates, with the reason in headers (spec section 3)."""
-
-    def to_message(d: DeadLetter) -> KafkaSinkMessage[bytes | None, bytes | None]:
-        headers = [
-            ("reason", d.reason.encode()),
-            ("step", d.step.encode()),
-            ("topic", d.raw.topic.encode()),
-            ("partition", str(d.raw.partition).encode()),
-            ("offset", str(d.raw.offset).encode()),
-            ("ts", str(d.raw.timestamp_ms).encode()),
-        ]
-        return KafkaSinkMessage(d.raw.key, d.raw.value, topic=DLQ_TOPIC, headers=headers)
-
-    op.output(step_id, op.map(f"{step_id}_frame", up, to_message), TopicSink(settings))
 
 
 def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, str] | None = None) -> None:

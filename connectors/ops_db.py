@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from psycopg.types.json import Jsonb
 
+from connectors.resilience import Rejects, guarded
 from erpsync import telemetry
 from erpsync.ops import MIGRATIONS_DIR
 from erpsync.settings import Settings
@@ -157,29 +159,67 @@ class UpsertSink(DynamicSink[Emit]):
 
     The batch is committed before it is acknowledged, so before the next snapshot: a crash
     re-delivers it, and the fence makes that harmless. `login` opens the connection (the ops
-    database by default).
+    database by default). While the database is unreachable the write waits (``guarded``); a record
+    it refuses (a value it cannot store) goes to the DLQ and the rest of the batch is written.
     """
 
     def __init__(self, settings: Settings, sql: str, to_row: Callable[[dict[str, Any]], Any], *,
-                 login: Callable[[Settings], psycopg.Connection[Any]] = connect, sink: str = "ops_db") -> None:
+                 login: Callable[[Settings], psycopg.Connection[Any]] = connect, sink: str = "ops-db") -> None:
         self.settings, self.sql, self.to_row, self.login, self.sink = settings, sql, to_row, login, sink
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _UpsertPartition:
-        return _UpsertPartition(self, self.login(self.settings))
+        return _UpsertPartition(self)
 
 
 class _UpsertPartition(StatelessSinkPartition[Emit]):
-    def __init__(self, sink: UpsertSink, conn: psycopg.Connection[Any]) -> None:
-        self.sink, self.conn = sink, conn
+    def __init__(self, sink: UpsertSink) -> None:
+        self.sink = sink
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed:
+            self.conn = self.sink.login(self.sink.settings)
+        return self.conn
+
+    def _drop(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
+    def _write(self, rows: list[Any]) -> None:
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                cur.executemany(self.sink.sql, rows)
+            conn.commit()
+        except BaseException:
+            if not conn.closed:
+                conn.rollback()
+            raise
 
     def write_batch(self, items: list[Emit]) -> None:
-        with self.conn.cursor() as cur:
-            cur.executemany(self.sink.sql, [self.sink.to_row(e.value) for e in items])
-        self.conn.commit()
-        _latency(self.sink.sink, items)
+        name = self.sink.sink
+        rows: list[Any] = []
+        refused: list[tuple[Emit, BaseException]] = []
+        for e in items:
+            try:
+                rows.append(self.sink.to_row(e.value))
+            except (KeyError, TypeError, ValueError) as exc:  # a record this table cannot hold
+                refused.append((e, exc))
+        try:
+            guarded(name, lambda: self._write(rows), drop=self._drop)
+        except psycopg.Error:
+            # One of them is refused (a value the column cannot take): write them one by one.
+            for e, row in zip([e for e in items if not any(e is r for r, _ in refused)], rows, strict=True):
+                try:
+                    guarded(name, functools.partial(self._write, [row]), drop=self._drop)
+                except psycopg.Error as exc:
+                    refused.append((e, exc))
+        Rejects.send(self.sink.settings, name, refused)
+        _latency(name, items)
 
     def close(self) -> None:
-        self.conn.close()
+        self._drop()
 
 
 def AvailabilitySink(settings: Settings) -> UpsertSink:  # noqa: N802  (reads as the sink it makes)
@@ -207,3 +247,30 @@ def _latency(sink: str, items: list[Emit]) -> None:
         by_topic.setdefault(e.topic, []).append(event_ms_of(e))
     for topic, times in by_topic.items():
         telemetry.sink_latency(sink, topic, times)
+
+
+def write_exceptions(settings: Settings, records: list[Emit]) -> None:
+    """SyncException records straight into sync.exceptions (operational ones: sink_unavailable)."""
+    with connect(settings) as conn:
+        conn.cursor().executemany(_UPSERT_EXCEPTION, [exception_row(e.value) for e in records])
+        conn.commit()
+
+
+# ----------------------------------------------------------------------------- seed marker
+
+def mark_seeded(settings: Settings, token: str) -> None:
+    """Record that the ops tables hold the pipeline's outputs (`token`: its recovery store)."""
+    with connect(settings) as conn:
+        conn.execute("INSERT INTO sync.seeded (store, token) VALUES ('ops-db', %s) "
+                     "ON CONFLICT (store) DO UPDATE SET token = excluded.token, at = now()", (token,))
+        conn.commit()
+
+
+def seeded(settings: Settings) -> str | None:
+    """The token of the pipeline whose outputs the ops tables hold; None if they lost them (or never had)."""
+    with connect(settings) as conn:
+        try:
+            row = conn.execute("SELECT token FROM sync.seeded WHERE store = 'ops-db'").fetchone()
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            return None
+    return None if row is None else str(row[0])

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from connectors.resilience import Rejects, guarded
 from erpsync import telemetry
 from erpsync.settings import Settings
 from state.records import Emit
@@ -57,28 +58,55 @@ def client(settings: Settings, *, reader: bool = False, socket_timeout: float = 
     return redis.Redis.from_pool(pool)
 
 
+SEED_KEY = "erpsync:seeded"  # present while Redis holds the pipeline's outputs (see `seeded`)
+
+
+def mark_seeded(settings: Settings, token: str) -> None:
+    """Record that Redis holds the pipeline's outputs (`token`: its recovery store)."""
+    client(settings).set(SEED_KEY, token)
+
+
+def seeded(settings: Settings) -> str | None:
+    """The token of the pipeline whose outputs Redis holds; None after Redis lost its data (or never had it)."""
+    value = client(settings, socket_timeout=5).get(SEED_KEY)
+    return None if value is None else value.decode() if isinstance(value, bytes) else str(value)
+
+
 class AtsSink(DynamicSink[Emit]):
-    """Writes Availability records' ATS to ``ats:<channel>``, batched in one pipeline per batch."""
+    """Writes Availability records' ATS to ``ats:<channel>``, batched in one pipeline per batch.
+
+    While Redis is unreachable the write waits (``guarded``), and the worker with it; a command
+    Redis refuses sends its record to the DLQ.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _AtsPartition:
-        return _AtsPartition(client(self.settings))
+        return _AtsPartition(self.settings, client(self.settings))
 
 
 class _AtsPartition(StatelessSinkPartition[Emit]):
-    def __init__(self, conn: redis.Redis) -> None:
-        self.conn = conn
+    def __init__(self, settings: Settings, conn: redis.Redis) -> None:
+        self.settings, self.conn = settings, conn
         self.script: Any = conn.register_script(FENCED_HSET)
 
-    def write_batch(self, items: list[Emit]) -> None:
+    def _write(self, items: list[Emit]) -> list[Any]:
         pipe = self.conn.pipeline(transaction=False)
         for e in items:
             v = e.value
             self.script(keys=[f"ats:{v['channel']}", f"ats-version:{v['channel']}"],
                         args=[v["sku"], str(v["ats"]), str(v["version"])], client=pipe)
-        pipe.execute()  # raises on any error: the batch is retried from the last snapshot
+        results: list[Any] = pipe.execute(raise_on_error=False)
+        for r in results:  # connection trouble is for `guarded`; a refused command is the record's
+            if isinstance(r, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
+                raise r
+        return results
+
+    def write_batch(self, items: list[Emit]) -> None:
+        results = guarded("redis", lambda: self._write(items))
+        refused = [(e, r) for e, r in zip(items, results, strict=True) if isinstance(r, Exception)]
+        Rejects.send(self.settings, "redis", refused)
         telemetry.sink_latency("redis", "ats", (e.value["event_time_ms"] for e in items))
 
     def close(self) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
@@ -17,25 +20,48 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from connectors import kafka, ops_db
+from connectors import kafka, lifecycle, ops_db
+from connectors import redis as redis_store
 from connectors.erp_intake import IntakeWriter
 from connectors.files import DumpSource, ReplaySink, dump_channels
 from connectors.kafka import Serializer
+from connectors.kafka_out import (
+    Outgoing,
+    TopicLayout,
+    dead_letter_records,
+    emit_records,
+    kafka_output,
+    recovery_created_ms,
+)
 from connectors.metrics import IgnoredCounter
 from connectors.ops_db import AvailabilitySink, ExceptionSink, OrderStatusSink
 from connectors.redis import AtsSink
+from connectors.resilience import HEALTH
 from erpsync import telemetry
 from erpsync.channels import load_channels
 from erpsync.settings import Settings
 from flows.canonicalize import make_canonicalizer
 from flows.pipeline import COMMERCE_ORDERS_TOPIC, Sinks, Sources, Topology, build_flow, replay_sinks
+from flows.sequencing import RESEED_SPREAD_S
 from schemas.mapping import MAPPINGS_DIR
 from schemas.mapping_check import refuse_invalid_mappings
 from schemas.registry import SchemaRegistry, make_value_serializer
-from state.changes import TRANSACTION_SUFFIX
+from state import EXCEPTION_SCHEMA
+from state.availability import AVAILABILITY_SCHEMA
+from state.changes import TRANSACTION_SUFFIX, Canonicalizer
 from state.channels import Channel
 from state.intake import ORDER_INTAKE_OUT_TOPIC
-from state.records import DLQ_REPLAY_TOPIC, DLQ_TOPIC, EXCEPTIONS_TOPIC, DeadLetter, Emit, Progress, RawRecord
+from state.order_status import ORDER_STATUS_SCHEMA
+from state.records import (
+    DLQ_REPLAY_TOPIC,
+    DLQ_TOPIC,
+    EXCEPTIONS_TOPIC,
+    DeadLetter,
+    Emit,
+    Progress,
+    RawRecord,
+    Reseed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +76,12 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-def topology(settings: Settings, channels: list[str], workers: int) -> Topology:
+def topology(settings: Settings, channels: list[str], workers: int,
+             reseed: frozenset[str] = frozenset()) -> Topology:
     """The dataflow's shape: every input channel, workers, and the event-time settings."""
     f = settings.flows
     return Topology(channels, workers=workers, shards=f.shards, grace_ms=f.idle_grace_ms,
-                    business_zone=f.business_timezone)
+                    business_zone=f.business_timezone, reseed=reseed)
 
 
 def replay(settings: Settings, registry: SchemaRegistry, source: Path, target: Path, *,
@@ -93,22 +120,28 @@ def channel_serializer(channels: Sequence[Channel], avro: Serializer) -> Seriali
 
 
 def run(settings: Settings, registry: SchemaRegistry) -> None:
-    """The live pipeline, resuming from bytewax recovery snapshots; runs until interrupted."""
+    """The live pipeline, resuming from bytewax recovery snapshots; runs until SIGTERM or Ctrl-C.
+
+    A stop ends the inputs; the dataflow drains and takes a final snapshot (``connectors.lifecycle``).
+    When Redis or the ops database lost their data (their seed marker is gone), the dataflow is
+    stopped and started again in this process, and the steps resumed from the snapshot re-publish
+    their current values to that store (``Topology.reseed``): no history is read again, nothing
+    is re-counted, and no Kafka record is written twice.
+    """
     # Mappings check (schemas/mapping_check.py): refuse to start, with one line naming the file,
     # the key and the problem, on a mapping that would load but dead-letter or misread rows.
     refuse_invalid_mappings(registry, settings.flows.mappings_dir or MAPPINGS_DIR)
-
+    lifecycle.reset()
     channels = load_channels()
     canonicalizer = make_canonicalizer(registry, settings.flows.mappings_dir)
     mapped = canonicalizer.mappings.topics + sorted(canonicalizer.mappings.ignored_topics)
     # Debezium's transaction metadata of each source system (keeps source transactions whole)
     transactions = [f"{system}{TRANSACTION_SUFFIX}" for system in
                     sorted({m.system for m in canonicalizer.mappings.by_topic.values()})]
-    kafka.ensure_topics(settings, [*mapped, *transactions, COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC,
-                                   *(e.topic for e in registry.entities().values()), DLQ_TOPIC, EXCEPTIONS_TOPIC,
-                                   ORDER_INTAKE_OUT_TOPIC])
-    kafka.ensure_topics(settings, [*(c.topic for c in channels), *(c.order_status_topic for c in channels)],
-                        {"cleanup.policy": "compact"})
+    outputs = [*(e.topic for e in registry.entities().values()), DLQ_TOPIC, EXCEPTIONS_TOPIC, ORDER_INTAKE_OUT_TOPIC]
+    kafka.ensure_topics(settings, [*mapped, *transactions, COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC, *outputs])
+    channel_topics = [*(c.topic for c in channels), *(c.order_status_topic for c in channels)]
+    kafka.ensure_topics(settings, channel_topics, {"cleanup.policy": "compact"})
     # Every captured table of a mapped source, mapped or not: a table captured without a mapping
     # shows up as dead letters ("no mapping for source table ..."), replayable once it has one.
     existing = kafka.topic_partitions(settings)
@@ -118,40 +151,98 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     ops_db.migrate(settings)
     telemetry.setup(settings)
     serialize = channel_serializer(channels, make_value_serializer(registry, settings.kafka.schema_registry_url))
+    layout = TopicLayout(settings).load([*outputs, *channel_topics])
+    partitions = {t: existing.get(t, [0]) for t in topics}
+    input_channels = [f"{t}#{p}" for t, ps in sorted(partitions.items()) for p in ps]
+
+    recovery = settings.recovery_dir
+    fresh = not recovery.exists()
+    if fresh:
+        recovery.mkdir(parents=True)
+        init_db_dir(recovery, settings.flows.workers)
+        (recovery / "created_ms").write_text(str(int(time.time() * 1000)))
+    token = f"{recovery}@{recovery_created_ms(recovery)}"
+    HEALTH.configure(settings, recovery / "health.json")
+    reseed = frozenset() if fresh else stores_to_reseed(settings, token)
+    if fresh:  # reading history from the start fills both
+        mark_seeded(settings, token, SEED_STORES)
+    log.info("running the pipeline on %s, %d worker(s), recovery in %s", settings.kafka.bootstrap_servers,
+             settings.flows.workers, recovery)
+    tune_gc()
+    with lifecycle.stop_on_signals(), Watchdog(settings, token) as watchdog:
+        while True:
+            if reseed:
+                log.warning("re-seeding %s from the pipeline's state", " and ".join(sorted(reseed)))
+                if "ops-db" in reseed:
+                    ops_db.migrate(settings)
+            watchdog.reseeding(reseed)
+            flow = _live_flow(settings, registry, channels, canonicalizer, input_channels, partitions, layout,
+                              serialize, reseed)
+            _execute(settings, flow, recovery)
+            reseed = lifecycle.take_reseed()
+            if not reseed:
+                break
+    log.info("pipeline stopped; it resumes from the last snapshot in %s", recovery)
+
+
+def _live_flow(settings: Settings, registry: SchemaRegistry, channels: Sequence[Channel], canonicalizer: Canonicalizer,
+               input_channels: list[str], partitions: dict[str, list[int]], layout: TopicLayout,
+               serialize: Serializer, reseed: frozenset[str]) -> Dataflow:
     kafka_off = {t for c in channels if not c.outputs.kafka for t in (c.topic, c.order_status_topic)}
     to_redis = {c.id for c in channels if c.outputs.redis}
-
-    partitions = {t: existing.get(t, [0]) for t in topics}
+    to_kafka: list[Stream[Outgoing]] = []
 
     def raw(flow: Dataflow) -> Stream[RawRecord | Progress | DeadLetter]:
         return kafka.raw_input(flow, "kafka_raw", settings, partitions)
 
+    def for_redis(e: Emit) -> bool:
+        return e.schema == AVAILABILITY_SCHEMA and e.value["channel"] in to_redis
+
     def stores(step_id: str, stream: Stream[Emit]) -> None:
-        redis_bound = op.filter(f"{step_id}_redis_channels", stream, lambda e: e.value["channel"] in to_redis)
-        op.output(f"{step_id}_redis", redis_bound, AtsSink(settings))
+        op.output(f"{step_id}_redis", op.filter(f"{step_id}_redis_channels", stream, for_redis), AtsSink(settings))
         op.output(f"{step_id}_ops_db", stream, AvailabilitySink(settings))
 
+    def emits(step_id: str, stream: Stream[Emit]) -> None:
+        kept = op.filter(f"{step_id}_kafka_channels", stream, lambda e: e.topic not in kafka_off)
+        to_kafka.append(op.map(f"{step_id}_encode", kept, emit_records(layout, serialize)))
+
+    def dead_letters(step_id: str, stream: Stream[DeadLetter]) -> None:
+        to_kafka.append(op.map(f"{step_id}_frame", stream, dead_letter_records(layout)))
+
+    def reseeds(step_id: str, stream: Stream[Reseed]) -> None:
+        to_redis_store = op.filter(f"{step_id}_redis_only", stream, lambda r: "redis" in r.stores and for_redis(r.emit))
+        op.output(f"{step_id}_redis", op.map(f"{step_id}_redis_emit", to_redis_store, lambda r: r.emit),
+                  AtsSink(settings))
+        to_ops = op.map(f"{step_id}_ops_emit", op.filter(f"{step_id}_ops_only", stream, lambda r: "ops-db" in r.stores),
+                        lambda r: r.emit)
+        for schema, sink in ((AVAILABILITY_SCHEMA, AvailabilitySink), (ORDER_STATUS_SCHEMA, OrderStatusSink),
+                             (EXCEPTION_SCHEMA, ExceptionSink)):
+            name = schema.rsplit(".", 1)[-1].lower()
+            only = op.filter(f"{step_id}_ops_{name}_only", to_ops, functools.partial(_has_schema, schema))
+            op.output(f"{step_id}_ops_{name}", only, sink(settings))
+
     sinks = Sinks(
-        emits=lambda step_id, s: kafka.emit_output(
-            step_id, op.filter(f"{step_id}_kafka_channels", s, lambda e: e.topic not in kafka_off), settings,
-            serialize),
-        dead_letters=lambda step_id, s: kafka.dlq_output(step_id, s, settings),
+        emits=emits,
+        dead_letters=dead_letters,
         ignored=lambda step_id, s: op.output(step_id, s, IgnoredCounter()),
         availability=stores,
         order_intake=lambda step_id, s: op.output(step_id, s, IntakeWriter(settings)),
         order_status=lambda step_id, s: op.output(step_id, s, OrderStatusSink(settings)),
         exceptions=lambda step_id, s: op.output(step_id, s, ExceptionSink(settings)),
+        reseed=reseeds,
     )
-    input_channels = [f"{t}#{p}" for t, ps in sorted(partitions.items()) for p in ps]
-    flow = build_flow(registry, channels, topology(settings, input_channels, settings.flows.workers),
+    flow = build_flow(registry, channels, topology(settings, input_channels, settings.flows.workers, reseed),
                       sources=Sources(raw), sinks=sinks, slas=settings.flows.slas(), canonicalizer=canonicalizer)
-    recovery = settings.recovery_dir
-    if not recovery.exists():
-        recovery.mkdir(parents=True)
-        init_db_dir(recovery, settings.flows.workers)
-    log.info("running the pipeline on %s, %d worker(s), recovery in %s", settings.kafka.bootstrap_servers,
-             settings.flows.workers, recovery)
-    tune_gc()
+    kafka_output("out_kafka", op.merge("out_kafka_all", *to_kafka), settings, layout)
+    return flow
+
+
+def _has_schema(schema: str, e: Emit) -> bool:
+    return e.schema == schema
+
+
+def _execute(settings: Settings, flow: Dataflow, recovery: Path) -> None:
+    """Run the dataflow until its inputs end (a stop) or it fails; a sink that gave up at a stop is a stop."""
     try:
         cli_main(
             flow,
@@ -160,7 +251,89 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
             recovery_config=RecoveryConfig(recovery),
         )
     except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
-        if not isinstance(exc, KeyboardInterrupt) and not isinstance(exc.__cause__, KeyboardInterrupt):
-            raise
-        # Interrupted: the next start resumes from the last snapshot (sinks are fenced).
-        log.info("pipeline stopped; it resumes from the last snapshot in %s", recovery)
+        causes = _causes(exc)
+        if any(isinstance(c, KeyboardInterrupt) for c in causes):
+            log.info("interrupted: no final snapshot; the next start resumes from the one before")
+            return
+        if any(isinstance(c, lifecycle.Stopping) for c in causes) and lifecycle.stop_requested():
+            log.info("stopped while a sink was waiting (%s); the next start resumes from the last snapshot",
+                     next(str(c) for c in causes if isinstance(c, lifecycle.Stopping)))
+            return
+        raise
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in out:
+        out.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return out
+
+
+# ----------------------------------------------------------------------------- self-healing stores
+
+SEED_STORES = frozenset({"redis", "ops-db"})
+
+
+def mark_seeded(settings: Settings, token: str, stores: frozenset[str]) -> None:
+    if "redis" in stores:
+        redis_store.mark_seeded(settings, token)
+    if "ops-db" in stores:
+        ops_db.mark_seeded(settings, token)
+
+
+def stores_to_reseed(settings: Settings, token: str) -> frozenset[str]:
+    """The stores whose seed marker is not this pipeline's (they lost its outputs); unreachable ones are not."""
+    lost = set()
+    for store, seeded in (("redis", redis_store.seeded), ("ops-db", ops_db.seeded)):
+        try:
+            if seeded(settings) != token:
+                lost.add(store)
+        except Exception as exc:  # noqa: BLE001 - down: its sink waits for it, and the watchdog looks again
+            log.debug("seed marker of %s not readable: %s", store, exc)
+    return frozenset(lost)
+
+
+class Watchdog:
+    """Looks at the stores' seed markers every few seconds while the pipeline runs; marks re-seeded stores.
+
+    A store whose marker is gone lost its data: the pipeline restarts its dataflow to re-seed it. A
+    store being re-seeded gets its marker back once every step has re-published (``RESEED_SPREAD_S``)
+    and two snapshots have passed; if the process dies before, the next start re-seeds it again.
+    """
+
+    INTERVAL_S = 5.0
+
+    def __init__(self, settings: Settings, token: str) -> None:
+        self.settings, self.token = settings, token
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="seed-watchdog", daemon=True)
+        self.pending: frozenset[str] = frozenset()
+        self.since = time.monotonic()
+
+    def __enter__(self) -> Watchdog:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+    def reseeding(self, stores: frozenset[str]) -> None:
+        self.pending, self.since = stores, time.monotonic()
+
+    def _loop(self) -> None:
+        settle_s = RESEED_SPREAD_S + 2 * self.settings.flows.snapshot_interval_s + 5
+        while not self.stop.wait(self.INTERVAL_S):
+            if self.pending and time.monotonic() - self.since > settle_s:
+                try:
+                    mark_seeded(self.settings, self.token, self.pending)
+                    log.info("re-seeded %s", " and ".join(sorted(self.pending)))
+                    self.pending = frozenset()
+                except Exception as exc:  # noqa: BLE001 - a store down again: try on the next round
+                    log.debug("marking %s seeded failed: %s", sorted(self.pending), exc)
+                continue
+            lost = stores_to_reseed(self.settings, self.token) - self.pending
+            for store in sorted(lost):
+                lifecycle.request_reseed(store, "its seed marker is gone (it lost its data)")

@@ -76,7 +76,7 @@ from state.order_status import (
     Slas,
     StatusBook,
 )
-from state.records import DeadLetter, Emit, Ignored, Progress, RawRecord
+from state.records import DeadLetter, Emit, Ignored, Progress, RawRecord, Reseed
 from state.sequencer import Mark, Stamped
 from state.timers import Deadline, Timers
 
@@ -109,6 +109,8 @@ class Sinks:
     order_intake: Callable[[str, Stream[Emit]], None]  # accepted orders, for the ERP's erp.order_intake
     order_status: Callable[[str, Stream[Emit]], None]  # OrderStatus records, for the ops database
     exceptions: Callable[[str, Stream[Emit]], None]  # SyncException records, for the ops database queue
+    # current values for stores that lost their data (only when `Topology.reseed` names some)
+    reseed: Callable[[str, Stream[Reseed]], None] = lambda step_id, stream: None
 
 
 def _nowhere(step_id: str, stream: Stream[Emit]) -> None:
@@ -129,6 +131,7 @@ class Topology:
     shards: int = 4  # sequencing shards per stage: fixed for a recovery directory
     grace_ms: int = 100  # how far behind the clock a partition read to its end is promised
     business_zone: str = "UTC"  # dates of channel orders (price validity)
+    reseed: frozenset[str] = frozenset()  # stores that lost their data: re-published from the resumed state
 
 
 # ----------------------------------------------------------------------------- where things go
@@ -267,14 +270,16 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], topology: 
         stage_marks = op.merge(f"{stage_id}_marks_in", *all_marks)
         outputs, step_marks = stage(stage_id, items, stage_marks, upstream,
                                     {s: StageStep(reducers[s], route) for s in steps},
-                                    workers=topology.workers, shards=topology.shards)
+                                    workers=topology.workers, shards=topology.shards, reseed=topology.reseed)
         upstream = upstream + [f"{s}@{w}" for s in steps for w in range(topology.workers)]
         all_marks.append(step_marks)
         forward = op.branch(f"{stage_id}_forward", outputs, lambda o: isinstance(o, Stamped))
         stamped = op.merge(f"{stage_id}_onward", stamped, forward.trues)
         leaving.append(forward.falses)
 
-    results = op.merge("all_results", *leaving)
+    everything = op.branch("is_reseed", op.merge("all_results", *leaving), lambda o: isinstance(o, Reseed))
+    sinks.reseed("out_reseed", everything.trues)
+    results = everything.falses
     emits_or_not = op.branch("is_emit", results, lambda o: isinstance(o, Emit))
     emits: Stream[Emit] = emits_or_not.trues
     rest = op.branch("is_dead_letter", emits_or_not.falses, lambda o: isinstance(o, DeadLetter))

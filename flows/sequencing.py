@@ -21,10 +21,12 @@ keys over the key's bytes, modulo the worker count; ``tests/flow`` checks it aga
 
 from __future__ import annotations
 
+import json
 import logging
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import bytewax.operators as op
@@ -32,6 +34,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from erpsync import telemetry
+from state.records import DeadLetter, Emit, RawRecord
 from state.sequencer import Mark, SeqState, Sequencer, Stamped
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,19 @@ def fence_keys(workers: int) -> list[str]:
 
 # ----------------------------------------------------------------------------- the pieces
 
+RESEED_SPREAD_S = 10
+
+
+def failed(step: str, key: str, item: Any, exc: Exception) -> DeadLetter:
+    """An item a step failed on, as a dead letter: the item as JSON, the step and the error."""
+    log.warning("%s failed on an item for key %r: %s: %s; sent to the DLQ", step, key, type(exc).__name__, exc)
+    telemetry.count(step, "dlq")
+    value = item.value if isinstance(item, Emit) else getattr(item, "__dict__", None) or repr(item)
+    payload = json.dumps(value, default=repr, sort_keys=True).encode()
+    raw = RawRecord(f"step:{step}", -1, -1, key.encode(), payload, getattr(item, "time", 0) or 0)
+    return DeadLetter(raw, f"{step} failed: {type(exc).__name__}: {exc}"[:1000], step)
+
+
 
 @dataclass(frozen=True, slots=True)
 class Fence:
@@ -167,26 +183,57 @@ class _FenceState:
 
 
 class _StepLogic(StatefulBatchLogic[Stamped, Any, Any]):
-    """Runs a keyed reducer over released items; the per-worker fence keys forward marks instead."""
+    """Runs a keyed reducer over released items; the per-worker fence keys forward marks instead.
 
-    def __init__(self, step: str, reducer: KeyedReducer, route: Route, shards: int, resume: Any) -> None:
+    An item the reducer fails on becomes a dead letter naming the step and the error (the state is
+    kept as it was left); the key goes on with its next item. Built from a snapshot while `reseed`
+    names stores that lost their data, it re-publishes its key's current values to them
+    (``republish``), spread over ``RESEED_SPREAD_S`` so a large state does not come out at once.
+    """
+
+    def __init__(self, step: str, reducer: KeyedReducer, route: Route, shards: int,
+                 resume: tuple[str, Any] | None, reseed: frozenset[str] = frozenset()) -> None:
         self.step = step
         self.reducer = reducer
         self.route = route
         self.shards = shards
-        self.state = resume
+        self.key: str = resume[0] if resume is not None else ""  # snapshots carry their key
+        self.state: Any = resume[1] if resume is not None else None
+        self.reseed = reseed
+        self.reseed_at: datetime | None = None
+        republish = getattr(reducer, "republish", None)
+        if reseed and self.state is not None and republish is not None and not isinstance(self.state, _FenceState):
+            spread = zlib.crc32(f"{step}|{self.key}".encode()) % (RESEED_SPREAD_S * 1000)
+            self.reseed_at = datetime.now(UTC) + timedelta(milliseconds=spread)
+
+    def notify_at(self) -> datetime | None:
+        return self.reseed_at
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        if self.reseed_at is None:
+            return [], self._keep()
+        self.reseed_at = None
+        republish = getattr(self.reducer, "republish")  # noqa: B009 - reducers that can re-seed have it
+        return republish(self.state, self.key, self.reseed), self._keep()
+
+    def _keep(self) -> bool:
+        return StatefulBatchLogic.DISCARD if self.state is None else StatefulBatchLogic.RETAIN
 
     def on_batch(self, values: list[Stamped]) -> tuple[Iterable[Any], bool]:
         if isinstance(values[0].item, Fence):
             return self._fences(values), StatefulBatchLogic.RETAIN
         out: list[Any] = []
         reducer, route = self.reducer, self.route
-        key = values[0].key
+        key = self.key = values[0].key
         for s in values:
-            self.state, outs = reducer.apply(self.state, key, s.item, s.time)
-            if s.last:
-                self.state, closing = reducer.close(self.state, key, s.time)
-                outs.extend(closing)
+            try:
+                self.state, outs = reducer.apply(self.state, key, s.item, s.time)
+                if s.last:
+                    self.state, closing = reducer.close(self.state, key, s.time)
+                    outs.extend(closing)
+            except Exception as exc:  # noqa: BLE001 - one item must not stop the pipeline
+                out.append(failed(self.step, key, s.item, exc))
+                continue
             # what one item causes is applied downstream as one transaction: its own, or the item itself
             tx = s.tx if s.tx is not None else (self.step, key, s.time, s.order)
             for i, o in enumerate(outs):
@@ -198,9 +245,10 @@ class _StepLogic(StatefulBatchLogic[Stamped, Any, Any]):
                 out.extend(Stamped(step, k, s.time, order, o, wake, tx) for step, k, wake in targets)
         telemetry.count(self.step, "in", len(values))
         telemetry.count(self.step, "out", len(out))
-        return out, StatefulBatchLogic.DISCARD if self.state is None else StatefulBatchLogic.RETAIN
+        return out, self._keep()
 
     def _fences(self, values: list[Stamped]) -> list[Mark]:
+        self.key = values[0].key
         st = self.state if isinstance(self.state, _FenceState) else _FenceState({})
         self.state = st
         worker = values[0].item.worker
@@ -216,10 +264,10 @@ class _StepLogic(StatefulBatchLogic[Stamped, Any, Any]):
         st.sent = low
         return [Mark(f"{self.step}@{worker}", low)]
 
-    def snapshot(self) -> Any:
+    def snapshot(self) -> tuple[str, Any]:
         if isinstance(self.state, _FenceState):
-            return _FenceState(dict(self.state.shards), self.state.sent)
-        return self.reducer.copy(self.state)
+            return self.key, _FenceState(dict(self.state.shards), self.state.sent)
+        return self.key, self.reducer.copy(self.state)
 
 
 # ----------------------------------------------------------------------------- building a stage
@@ -239,11 +287,13 @@ def shard_of(step: str, key: str, shards: int) -> str:
 
 
 def stage(stage_id: str, items: Stream[Stamped], marks: Stream[Mark], channels: Iterable[str],
-          steps: dict[str, StageStep], *, workers: int, shards: int) -> tuple[Stream[Any], Stream[Mark]]:
+          steps: dict[str, StageStep], *, workers: int, shards: int,
+          reseed: frozenset[str] = frozenset()) -> tuple[Stream[Any], Stream[Mark]]:
     """Sequence `items` (for the keyed `steps`) by event time; returns (step outputs, marks for downstream).
 
     `channels`: every channel whose marks this stage waits for (upstream partitions and steps@worker).
-    `workers`: the dataflow's total worker count; `shards`: fixed for a recovery directory.
+    `workers`: the dataflow's total worker count; `shards`: fixed for a recovery directory;
+    `reseed`: stores that lost their data, which the steps resumed from a snapshot re-publish to.
     """
     n = shards
     sequencer = Sequencer(channels)
@@ -255,17 +305,18 @@ def stage(stage_id: str, items: Stream[Stamped], marks: Stream[Mark], channels: 
     shard_in = op.merge(f"{stage_id}_shard_in", keyed, broadcast)
     released = op.key_rm(f"{stage_id}_released", op.stateful_batch(
         f"{stage_id}_shards", shard_in, lambda resume: _ShardLogic(stage_id, sequencer, resume, targets, fence_to)))
-    outputs = [_keyed_step(step_id, steps[step_id], released, n) for step_id in targets]
+    outputs = [_keyed_step(step_id, steps[step_id], released, n, reseed) for step_id in targets]
     merged = op.merge(f"{stage_id}_outputs", *outputs)
     split = op.branch(f"{stage_id}_is_mark", merged, lambda o: isinstance(o, Mark))
     return split.falses, split.trues
 
 
-def _keyed_step(step_id: str, spec: StageStep, released: Stream[Any], shards: int) -> Stream[Any]:
+def _keyed_step(step_id: str, spec: StageStep, released: Stream[Any], shards: int,
+                reseed: frozenset[str]) -> Stream[Any]:
     mine: Stream[Stamped] = op.filter(f"{step_id}_items", released, lambda s: s.step == step_id)
     keyed_items = op.key_on(f"{step_id}_by_key", mine, lambda s: s.key)
 
-    def build(resume: Any) -> _StepLogic:
-        return _StepLogic(step_id, spec.reducer, spec.route, shards, resume)
+    def build(resume: tuple[str, Any] | None) -> _StepLogic:
+        return _StepLogic(step_id, spec.reducer, spec.route, shards, resume, reseed)
 
     return op.key_rm(f"{step_id}_unkey", op.stateful_batch(step_id, keyed_items, build))

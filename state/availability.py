@@ -28,7 +28,7 @@ from typing import Any
 
 from state import exception, newer
 from state.channels import Channel
-from state.records import Emit
+from state.records import Emit, Reseed
 from state.sequencer import Wake
 from state.timers import Deadline, arm, overdue
 
@@ -428,6 +428,29 @@ class SkuAts:
             view.ats, view.status, view.published_ms, view.held = numbers["ats"], numbers["status"], time, False
             out.append(self._record(st, key, channel, numbers, time))
         return st, out
+
+    def republish(self, state: AtsState | None, key: str, stores: frozenset[str]) -> list[Any]:
+        """What the stores should hold for this SKU now, for a store that lost its data.
+
+        Its availability for every channel told so far (Redis and the ops database) and its open
+        oversold exceptions (ops database).
+        """
+        if state is None:
+            return []
+        out: list[Any] = []
+        for channel in self.channels.values():
+            view = state.views.get(channel.id)
+            if view is None or view.ats < 0:
+                continue
+            record = self._record(state, key, channel, self.numbers(state, channel), view.published_ms)
+            out.append(Reseed(stores & {"redis", "ops-db"}, record))
+            if view.oversold and "ops-db" in stores:
+                numbers = self.numbers(state, channel)
+                detail = {k: numbers[k] for k in sorted(numbers)}
+                out.append(Reseed(frozenset({"ops-db"}), exception(
+                    "oversold", "error", "availability", f"{channel.id}/{key}",
+                    f"network availability {numbers['network']} is below zero", detail, view.published_ms)))
+        return out
 
     def _record(self, st: AtsState, sku: str, channel: Channel, numbers: dict[str, Any], time: int) -> Emit:
         positions = dict(st.net.positions) if st.net is not None else {}

@@ -23,7 +23,7 @@ from typing import Any
 
 from state import exception, newer
 from state.intake import IntakeDecision
-from state.records import Emit
+from state.records import Emit, Reseed
 from state.timers import Deadline, arm, overdue
 
 ORDER_STATUS_SCHEMA = "io.erpsync.OrderStatus"
@@ -473,6 +473,24 @@ class StatusBook:
             out.append(Emit(f"order-status.{channel}", ext_id, ORDER_STATUS_SCHEMA,
                             {**record, "version": st.facts.applied}))
         return st, out
+
+    def republish(self, state: BookState | None, key: str, stores: frozenset[str]) -> list[Any]:
+        """What the ops database should hold for this order now, after it lost its data.
+
+        The status the channel was last told and the discrepancies open now.
+        """
+        if state is None or "ops-db" not in stores:
+            return []
+        ops = frozenset({"ops-db"})
+        out: list[Any] = []
+        channel, _, ext_id = key.partition("/")
+        if state.shown is not None and channel in self.channels:
+            out.append(Reseed(ops, Emit(f"order-status.{channel}", ext_id, ORDER_STATUS_SCHEMA,
+                                        {**state.shown, "version": state.facts.applied})))
+        for name, (reason, detail) in sorted(state.raised.items()):
+            out.append(Reseed(ops, exception(name.split("/")[0], CHECK_SEVERITY, "order", _key(key, name), reason,
+                                             detail, state.facts.last_fact_ms, source=state.facts.source)))
+        return out
 
     def _deadlines(self, st: BookState, key: str, status: str | None, time: int) -> list[Any]:
         if _mismatch(st.facts):

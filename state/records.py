@@ -66,6 +66,14 @@ def event_ms_of(e: Emit) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Reseed:
+    """A current value written again to stores that lost their data (`stores`: "redis", "ops-db"), nowhere else."""
+
+    stores: frozenset[str]
+    emit: Emit
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """An input that could not be processed, kept byte for byte with the reason (goes to sync.dlq)."""
 
