@@ -6,7 +6,7 @@ import gc
 import json
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from connectors.ops_db import AvailabilitySink, ExceptionSink, OrderStatusSink
 from connectors.redis import AtsSink
 from erpsync import telemetry
 from erpsync.channels import load_channels
+from erpsync.progress import counting_source
 from erpsync.settings import Settings
 from flows.canonicalize import make_canonicalizer
 from flows.orders import COMMERCE_ORDERS_TOPIC, VALIDATION_TOPICS
@@ -51,13 +52,19 @@ def tune_gc() -> None:
 
 
 def replay(registry: SchemaRegistry, source: Path, target: Path, *, workers: int = 1,
-           slas: Slas | None = None, mappings_dir: Path | None = None) -> Counter[str]:
-    """Run the production dataflow over a kcat dump; returns how many records went where."""
+           slas: Slas | None = None, mappings_dir: Path | None = None,
+           on_input: Callable[[int], None] | None = None) -> Counter[str]:
+    """Run the production dataflow over a kcat dump; returns how many records went where.
+
+    on_input(n) is called for every n input records read (progress: erpsync.progress).
+    """
     sink = ReplaySink(target, registry)
     streams: list[Stream[object]] = []
 
     def raw(flow: Dataflow) -> tuple[Stream[RawRecord], Stream[DeadLetter]]:
-        items = op.input("replay_input", flow, DumpSource(source))
+        # Progress hook (erpsync.progress): counts the dump's records as the source reads them.
+        items = op.input("replay_input", flow, DumpSource(source) if on_input is None else
+                         counting_source(DumpSource(source), on_input))
         readable = op.branch("replay_input_readable", items, lambda x: isinstance(x, RawRecord))
         return readable.trues, readable.falses  # type: ignore[return-value]
 

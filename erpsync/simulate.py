@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from erpsync.channels import load_channels
+from erpsync.channels import configured_channels, load_channels
 from erpsync.settings import Settings
 from state.channels import Channel
 
@@ -534,7 +534,8 @@ class Workload:
         self.settings = settings
         self.scenario = Scenario(seed, tag, start=start, fault_rate=fault_rate,
                                  downstream_fault_rate=downstream_fault_rate, return_rate=return_rate,
-                                 import_failure_rate=import_failure_rate, max_orders=max_orders, channels=channels)
+                                 import_failure_rate=import_failure_rate, max_orders=max_orders,
+                                 channels=channels or configured_channels(settings))
         self.manifest = self.scenario.manifest
         self.tag = tag
         self._erp_conn: Any = None
@@ -1086,22 +1087,29 @@ class Workload:
         return all(self.finished(k) for k in keys)
 
     def run(self, orders: int, rate: float | None = 10.0, *, until_drained: bool = True, timeout_s: float = 300.0,
-            poll_s: float = 0.2, ready_timeout_s: float = 30.0) -> Manifest:
+            poll_s: float = 0.2, ready_timeout_s: float = 30.0,
+            on_step: Callable[[], None] | None = None) -> Manifest:
         """Seed, send `orders` orders at `rate`/s while playing the ERP and the WMS, return the manifest.
 
         After the last order it keeps playing them every poll_s until every order is finished
-        (``manifest.drained``) or timeout_s has passed.
+        (``manifest.drained``) or timeout_s has passed. on_step (progress) is called after every
+        round of the ERP and the WMS.
         """
+        def step() -> None:
+            self.step()
+            if on_step is not None:
+                on_step()
+
         self.seed()
         if not self.wait_ready(ready_timeout_s):
             log.warning("the pipeline shows no availability for the seeded SKUs after %.0fs; sending anyway",
                         ready_timeout_s)
-        self.orders(orders, rate, on_idle=self.step, idle_every_s=poll_s)
+        self.orders(orders, rate, on_idle=step, idle_every_s=poll_s)
         log.info("sent %d orders (%d messages)", len(self.manifest.orders), self.manifest.submitted)
         deadline = time.monotonic() + timeout_s
         last_log = 0.0
         while until_drained:
-            self.step()
+            step()
             self.manifest.drained = self.drained()
             if self.manifest.drained or time.monotonic() >= deadline:
                 break

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import configuration
 
 from connectors.files import parse_dump_line
 from flows.canonicalize import make_canonicalizer
@@ -14,6 +15,9 @@ from state.changes import Canonicalizer
 from state.records import RawRecord
 
 FIXTURES = Path(__file__).parent / "fixtures" / "debezium"
+
+# Hypothesis keeps its example database (and caches) under .erpsync/, like every tool the tests run.
+configuration.set_hypothesis_home_dir(Path(__file__).resolve().parents[1] / ".erpsync" / "cache" / "hypothesis")
 
 
 @pytest.fixture(scope="session")
