@@ -34,6 +34,8 @@ from erpsync.channels import configured_channels
 from erpsync.reconcile import reconcile, render
 from erpsync.settings import Settings
 from erpsync.simulate import Manifest, Workload
+from erpsync.stack.connect import ConnectClient
+from erpsync.stack.process import StackError
 from erpsync.topics import Follower
 from schemas.registry import SchemaRegistry, make_value_deserializer
 from state.records import DLQ_TOPIC, EXCEPTIONS_TOPIC
@@ -81,6 +83,22 @@ def _read(settings: Settings, topics: list[str], tag: str, expected: int, timeou
             if tag in (msg.key() or b"").decode() or tag in (msg.value() or b"").decode("utf-8", "replace"):
                 out.append(msg)
     return out
+
+
+def _connector_problems(settings: Settings) -> list[str]:
+    """Debezium connectors or tasks that are not RUNNING, with the first line of their error."""
+    client = ConnectClient(settings.connect.url)
+    problems = []
+    try:
+        for name in client.states():
+            status = client.status(name) or {}
+            for part in [status.get("connector", {}), *status.get("tasks", [])]:
+                if part.get("state") != "RUNNING":
+                    trace = (part.get("trace") or "").strip().splitlines()
+                    problems.append(f"connector {name}: {part.get('state')}" + (f": {trace[0]}" if trace else ""))
+    except (StackError, OSError) as exc:
+        problems.append(f"Kafka Connect: {exc}")
+    return problems
 
 
 def _ats(settings: Settings, sku: str, timeout_s: float) -> dict[str, int | None]:
@@ -168,6 +186,8 @@ def run_demo(settings: Settings, registry: SchemaRegistry, console: Console | No
     ok = all(checks.values())
     if not ok:
         console.print(f"[red]missing: {', '.join(name for name, good in checks.items() if not good)}")
+        for problem in _connector_problems(settings):
+            console.print(f"[red]{problem}")
     console.rule("[green]demo complete" if ok else "[red]demo incomplete: see " + str(work / "run.log"))
     return 0 if ok else 1
 

@@ -36,8 +36,8 @@ Hook = Callable[[int], None]
 class Tracker:
     """Counts work done; read by a renderer thread. Thread-safe enough for one writer (GIL)."""
 
-    def __init__(self, what: str, total: float | None, unit: str) -> None:
-        self.what, self.total, self.unit = what, total, unit
+    def __init__(self, what: str, total: float | None, unit: str, *, rated: bool = True) -> None:
+        self.what, self.total, self.unit, self.rated = what, total, unit, rated
         self.completed = 0.0
         self.note = ""
         self.started = time.monotonic()
@@ -72,7 +72,9 @@ class Tracker:
                  + (f" of {_count(self.total)} {self.unit}" if self.total else f" {self.unit}")]
         if self.total:
             parts[0] += f" ({100 * min(1.0, self.completed / self.total):.0f}%)"
-        rate = self.rate()
+        rate = self.rate() if self.rated else None
+        if not self.rated:
+            parts.append(f"{_duration(time.monotonic() - self.started)} elapsed")
         if rate is not None:
             parts.append(f"{_count(rate)} {self.unit}/s")
             if self.total and rate > 0:
@@ -83,7 +85,8 @@ class Tracker:
 
     def summary(self) -> str:
         elapsed = time.monotonic() - self.started
-        rate = f" ({_count(self.completed / elapsed)} {self.unit}/s)" if elapsed > 0 and self.completed else ""
+        rate = (f" ({_count(self.completed / elapsed)} {self.unit}/s)"
+                if self.rated and elapsed > 0 and self.completed else "")
         note = f"; {self.note}" if self.note else ""
         return f"{self.what}: {_count(self.completed)} {self.unit} in {_duration(elapsed)}{rate}{note}"
 
@@ -109,8 +112,9 @@ def track(what: str, total: float | None = None, *, unit: str = "records", inter
     """Show the progress of the work done inside the block (see the module docstring).
 
     terminal: draw a bar (True), log lines (False), or decide by whether stderr is a terminal.
+    Work counted in "steps" of uneven length shows the elapsed time instead of a rate and an ETA.
     """
-    tracker = Tracker(what, total, unit)
+    tracker = Tracker(what, total, unit, rated=unit != "steps")
     if terminal is None:
         terminal = sys.stderr.isatty()
     stop = threading.Event()

@@ -642,9 +642,12 @@ class Workload:
                  len(cat.items), len(cat.prices), len(cat.stock), self.tag)
 
     def wait_ready(self, timeout_s: float) -> bool:
-        """Wait until Redis ``ats:<channel>`` has every seeded SKU on every channel; False after timeout_s.
+        """Wait until the pipeline has read the seeded catalog; False after timeout_s.
 
-        That is the sign the pipeline has read the seeded master data and stock (if it runs at all).
+        Redis ``ats:<channel>`` has every seeded SKU on every channel (items and stock read), and
+        canonical records exist for every seeded customer and price line: intake validates the
+        first orders against them. On a busy machine Debezium can deliver the price lines seconds
+        after the items, and an order validated before its prices is rejected as a price mismatch.
         """
         import redis  # noqa: PLC0415
 
@@ -652,9 +655,7 @@ class Workload:
         skus = [i.sku for i in self.scenario.catalog.items]
         deadline = time.monotonic() + timeout_s
         try:
-            while True:
-                if all(None not in store.hmget(f"ats:{c.id}", skus) for c in self.scenario.channels):
-                    return True
+            while not all(None not in store.hmget(f"ats:{c.id}", skus) for c in self.scenario.channels):
                 if time.monotonic() >= deadline:
                     return False
                 time.sleep(0.5)
@@ -663,6 +664,32 @@ class Workload:
             return False
         finally:
             store.close()
+        return self._wait_catalog_published(deadline)
+
+    def _wait_catalog_published(self, deadline: float) -> bool:
+        """Canonical records for every seeded customer and (price list, SKU), before the deadline."""
+        from erpsync.topics import Follower  # noqa: PLC0415 - the pure Scenario must not need Kafka
+
+        cat = self.scenario.catalog
+        waiting: set[tuple[str, tuple[str, ...]]] = {("canonical.customer", (c.customer_id,)) for c in cat.customers}
+        waiting |= {
+            ("canonical.price", (p.price_list_id, p.sku)) for p in cat.prices}
+        since_ms = int(time.time() * 1000) - 3_600_000
+        with Follower(self.settings, ["canonical.customer", "canonical.price"], since_ms=since_ms,
+                      group=f"erpsync-simulate-{self.tag}") as reader:
+            while waiting and time.monotonic() < deadline:
+                msg = reader.poll(0.5)
+                if msg is None or self.tag not in (key := (msg.key() or b"").decode()):
+                    continue
+                try:
+                    values = set(json.loads(key))
+                except (ValueError, TypeError):
+                    continue
+                waiting = {(topic, want) for topic, want in waiting
+                           if topic != msg.topic() or not values.issuperset(want)}
+        if waiting:
+            log.warning("the pipeline has not published %d seeded customers/price lines", len(waiting))
+        return not waiting
 
     # -- 2. channel orders
 

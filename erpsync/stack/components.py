@@ -497,7 +497,7 @@ class Kafka(Component):
         _write_log4j(self.settings.stack.home / "log4j2.properties")
         props = self._write_config()
         if not (self.data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            cluster_id = kafka_cluster_id()
             run(
                 _java(self.settings, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
                       heap="256m"),
@@ -650,6 +650,18 @@ def _write_log4j(path: Path) -> None:
             "",
         ])
     )
+
+
+def kafka_cluster_id() -> str:
+    """A random KRaft cluster id (base64url of a UUID) that does not start with "-".
+
+    One in 64 would, and kafka-storage then reads it as an option ("argument --cluster-id/-t:
+    expected one argument"): a fresh stack failed to start that often. Kafka's own
+    Uuid.randomUuid() skips those ids for the same reason.
+    """
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).startswith("-"):
+        pass
+    return cluster_id
 
 
 def all_components(settings: Settings) -> list[Component]:
