@@ -487,6 +487,9 @@ exit status: 0 success; 1 a check failed (or the local stack did not start); 2 u
 problem (channel file, settings, dead letters with --fail-on-dead-letters); 5 internal error."""
 
 
+INTERRUPTED = 130  # as a shell reports SIGINT
+
+
 def _load_settings() -> Settings:
     """The settings, or a one-line error naming the environment variable that is wrong (exit 4)."""
     try:
@@ -516,12 +519,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(_load_settings(), args)
     except KeyboardInterrupt:
         print("erpsync: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
+    except BrokenPipeError:  # stdout closed early (`erpsync ... | head`): not an error worth a line
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return INTERRUPTED
     except stack.StackError as exc:
         # The component and its log, then the log's last lines: what to read next.
         print(f"erpsync: {exc}", file=sys.stderr)
         return errors.FAILED
     except Exception as exc:  # noqa: BLE001 - every error ends in one line and an exit status
+        if isinstance(errors.root_cause(exc), KeyboardInterrupt):  # inside bytewax: wrapped in its error
+            print("erpsync: interrupted", file=sys.stderr)
+            return INTERRUPTED
         status, message = errors.classify(exc)
         if verbose:
             traceback.print_exc()

@@ -107,3 +107,14 @@ def test_every_data_file_of_the_package_is_shipped() -> None:
     assert data, "no data files found"
     missing = [f for f in data if not any(fnmatch.fnmatch(f, g) for g in globs)]
     assert missing == []
+
+
+def test_the_container_reads_channels_from_a_directory_the_deployment_provides(compose: dict[str, Any]) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    env = compose["x-erpsync-env"]
+    channels_dir = env["ERPSYNC_FLOWS__CHANNELS_DIR"]
+    assert f"ENV ERPSYNC_FLOWS__CHANNELS_DIR={channels_dir}" in dockerfile
+    assert f"COPY erpsync/config/channels {channels_dir}" in dockerfile  # the reference channels by default
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in compose["services"]["flows"]["volumes"] if ":" in m}
+    assert mounts[channels_dir] == "./erpsync/config/channels" and (ROOT / mounts[channels_dir]).is_dir()
+    assert Settings.model_validate({"flows": {"channels_dir": channels_dir}}).flows.channels_dir == Path(channels_dir)
