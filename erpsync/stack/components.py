@@ -196,6 +196,7 @@ class Redis(Component):
             ],
             log_file=self.log_file,
             pid_file=self.pid_file,
+            cwd=self.home,  # what it writes to its working directory (a JVM crash log) stays out of the checkout
         )
 
 
@@ -405,6 +406,7 @@ class MariaDB(Component):
             ],
             log_file=self.log_file,
             pid_file=self.pid_file,
+            cwd=self.home,  # what it writes to its working directory (a JVM crash log) stays out of the checkout
         )
 
     def sql(self, statements: str, *, database: str | None = None) -> str:
@@ -505,7 +507,7 @@ class Kafka(Component):
                 log_file=self.log_file,
             )
         self.process = spawn(_java(self.settings, "kafka.Kafka", str(props), heap=self.settings.stack.kafka_heap),
-                             log_file=self.log_file, pid_file=self.pid_file)
+                             log_file=self.log_file, pid_file=self.pid_file, cwd=self.home)
 
 
 class Connect(Component):
@@ -540,6 +542,7 @@ class Connect(Component):
             log_file=self.log_file,
             pid_file=self.pid_file,
             env=connector_env(self.settings),
+            cwd=self.home,  # what it writes to its working directory (a JVM crash log) stays out of the checkout
         )
 
     def provision(self) -> None:

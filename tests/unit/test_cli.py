@@ -136,9 +136,19 @@ def test_a_bad_channel_file_is_one_line_naming_file_and_key(tmp_path: Path, chan
                                                             expected: str) -> None:
     path = channels_dir / "marketplace.toml"
     path.write_text(change(path.read_text()))
-    for args in (["replay", "--input", str(DUMP), "--output", str(tmp_path / "out.jsonl")], ["run"], ["reconcile"]):
-        one_line_error(erpsync(*args, ERPSYNC_FLOWS__CHANNELS_DIR=str(channels_dir)), 4,
-                       f"channel definition {path}: ", expected)
+    one_line_error(erpsync("replay", "--input", str(DUMP), "--output", str(tmp_path / "out.jsonl"),
+                           ERPSYNC_FLOWS__CHANNELS_DIR=str(channels_dir)), 4, f"channel definition {path}: ", expected)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", [["run"], ["reconcile"], ["demo"], ["simulate"]])
+def test_commands_that_use_channels_check_them_first(channels_dir: Path, command: list[str]) -> None:
+    # (before any system is asked: they are all unreachable here)
+    path = channels_dir / "marketplace.toml"
+    path.write_text(path.read_text().replace('["DC-EAST"]', '["DC-EAT"]'))
+    ports = {name: str(closed_port()) for name in DOWN}
+    one_line_error(erpsync(*command, ERPSYNC_FLOWS__CHANNELS_DIR=str(channels_dir), **ports), 4,
+                   f"erpsync {command[0]}: channel definition {path}: key 'locations': unknown location 'DC-EAT'")
 
 
 @pytest.mark.parametrize(("variable", "value", "expected"), [
