@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,7 +189,10 @@ def run_demo(settings: Settings, registry: SchemaRegistry, console: Console | No
         console.print(f"[red]missing: {', '.join(name for name, good in checks.items() if not good)}")
         for problem in _connector_problems(settings):
             console.print(f"[red]{problem}")
+    log.close()
     console.rule("[green]demo complete" if ok else "[red]demo incomplete: see " + str(work / "run.log"))
+    if ok:  # the pipeline's log and recovery snapshots are only worth keeping for a diagnosis
+        shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1
 
 
