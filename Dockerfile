@@ -8,6 +8,10 @@ COPY schemas ./schemas
 COPY connectors ./connectors
 COPY state ./state
 COPY debezium ./debezium
+# The channel definitions, outside the installed package so that a deployment mounts its own
+# over them (docker-compose.yml does); ERPSYNC_FLOWS__LOCATIONS names the WMS locations they may use.
+COPY erpsync/config/channels /etc/erpsync/channels
+ENV ERPSYNC_FLOWS__CHANNELS_DIR=/etc/erpsync/channels
 RUN pip install --no-cache-dir -c constraints.txt . && useradd --system erpsync \
     && mkdir -p /var/lib/erpsync && chown erpsync /var/lib/erpsync
 # The flows' recovery snapshots live in /var/lib/erpsync (a volume in docker-compose.yml); the

@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@
 
+# DEMO_ARGS: e.g. "--orders 12 --rate 10", the short mode the tests run on a fresh stack home.
 demo: $(STAMP)
 	$(BIN)/erpsync stack up
-	$(BIN)/erpsync demo
+	$(BIN)/erpsync demo $(DEMO_ARGS)
 
 test: lint typecheck stack-up
 	$(BIN)/erpsync schemas check

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from erpsync.progress import track
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "debezium"
 MIX = [  # (topic, op, share)
@@ -31,11 +34,13 @@ def templates() -> dict[tuple[str, str], dict[str, Any]]:
             rec = json.loads(line)
             if rec["payload"]:
                 env = json.loads(rec["payload"])
-                out.setdefault((rec["topic"], env["op"]), env)
+                if "op" in env:  # (transaction metadata has none)
+                    out.setdefault((rec["topic"], env["op"]), env)
     return out
 
 
-def generate(events: int, output: Path, keys: int = 100_000, seed: int = 7) -> None:
+def generate(events: int, output: Path, keys: int = 100_000, seed: int = 7,
+             on_event: Callable[[int], None] | None = None) -> None:
     rng = random.Random(seed)
     tmpl = templates()
     topics = [(t, op) for t, op, _ in MIX]
@@ -70,6 +75,8 @@ def generate(events: int, output: Path, keys: int = 100_000, seed: int = 7) -> N
             fh.write(json.dumps({"topic": topic, "partition": 0, "offset": offset,
                                  "key": json.dumps(key, separators=(",", ":")),
                                  "payload": json.dumps(env, separators=(",", ":"))}) + "\n")
+            if on_event is not None:  # progress hook (erpsync.progress)
+                on_event(1)
 
 
 def tmpl_key(topic: str) -> str:
@@ -86,5 +93,6 @@ if __name__ == "__main__":
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--output", type=Path, default=Path("/tmp/erpsync-bench.jsonl"))
     args = parser.parse_args()
-    generate(args.events, args.output)
+    with track("make_dump", total=args.events, unit="events") as progress:
+        generate(args.events, args.output, on_event=progress.advance)
     print(f"wrote {args.events} events to {args.output}")

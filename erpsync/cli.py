@@ -1,30 +1,79 @@
-"""The ``erpsync`` command line."""
+"""The ``erpsync`` command line.
+
+Errors are one line on stderr naming what is wrong, and the exit status says what kind of
+problem it is (``erpsync.errors``: 2 usage, 3 a system unreachable, 4 data or configuration).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import re
 import sys
-from collections.abc import Sequence
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
-import redis
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from erpsync import kcat, reconcile, stack
+from erpsync import __version__, errors, kcat, reconcile, stack
+from erpsync.channels import ChannelConfigError, configured_channels, describe_validation_error
+from erpsync.errors import DataError, Unreachable, UsageError
+from erpsync.logs import KAFKA_CLIENT_LOGGER
+from erpsync.progress import track
 from erpsync.settings import Settings, load_settings
 from erpsync.stack.components import all_components, load_connector_configs
 from erpsync.stack.connect import ConnectClient
-from erpsync.stack.process import tail
+from erpsync.stack.process import port_open, tail
 from schemas.compat import check_directory, release
 from schemas.registry import RELEASED_DIR, SCHEMA_DIR, SchemaRegistry, released_versions
+from state.records import DLQ_TOPIC
 
 log = logging.getLogger("erpsync")
 
+# The systems a command talks to, checked before it starts so that one that is down is named at once.
+_SYSTEMS: dict[str, tuple[str, Callable[[Settings], tuple[str, int]], str]] = {
+    "kafka": ("Kafka", lambda s: (s.kafka.host, s.kafka.port), "ERPSYNC_KAFKA__HOST/PORT"),
+    "connect": ("Kafka Connect", lambda s: (s.connect.host, s.connect.port), "ERPSYNC_CONNECT__HOST/PORT"),
+    "erp": ("the ERP database (PostgreSQL)", lambda s: (s.erp.host, s.erp.port), "ERPSYNC_ERP__HOST/PORT"),
+    "ops": ("the ops database (PostgreSQL)", lambda s: (s.ops.host, s.ops.port), "ERPSYNC_OPS__HOST/PORT"),
+    "wms": ("the WMS database (MariaDB)", lambda s: (s.wms.host, s.wms.port), "ERPSYNC_WMS__HOST/PORT"),
+    "redis": ("Redis", lambda s: (s.redis.host, s.redis.port), "ERPSYNC_REDIS__HOST/PORT"),
+}
+
+
+def _needs(settings: Settings, *systems: str) -> None:
+    """Raise Unreachable naming the first of systems that accepts no connection."""
+    for name in systems:
+        label, address, variables = _SYSTEMS[name]
+        host, port = address(settings)
+        if not port_open(host, port, timeout=2.0):
+            raise Unreachable(f"{label} at {host}:{port} is unreachable; start the local stack (`erpsync stack up`)"
+                              f" or point {variables} at yours")
+
+
+def _channels(settings: Settings) -> None:
+    """Check the channel definitions before a command that uses them does any work."""
+    try:
+        configured_channels(settings)
+    except ChannelConfigError as exc:
+        raise DataError(str(exc)) from exc
+
 
 def _stack_up(settings: Settings, args: argparse.Namespace) -> int:
-    timings = stack.up(settings)
+    steps = ["install", *(c.name for c in all_components(settings)), "migrations"]
+    with track("stack up", total=len(steps), unit="steps", interval_s=settings.cli.progress_interval_s) as t:
+        def on_step(name: str) -> None:
+            t.update(completed=steps.index(name) if name in steps else None, note=f"{name} ...")
+
+        timings = stack.up(settings, on_step=on_step)
+        t.update(completed=len(steps), note="")
     total = sum(timings.values())
     print("stack up: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f" (total {total:.1f}s)")
     return 0
@@ -62,6 +111,7 @@ def _stack_logs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _connectors_apply(settings: Settings, args: argparse.Namespace) -> int:
+    _needs(settings, "connect")
     client = ConnectClient.of(settings.connect)
     for connector in load_connector_configs():
         client.apply(connector)
@@ -71,6 +121,7 @@ def _connectors_apply(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _connectors_status(settings: Settings, args: argparse.Namespace) -> int:
+    _needs(settings, "connect")
     states = ConnectClient.of(settings.connect).states()
     for name, st in states.items():
         print(f"connector {name}: {st['connector']}, tasks {', '.join(st['tasks']) or 'none'}")
@@ -80,6 +131,8 @@ def _connectors_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
+    _channels(settings)
+    _needs(settings, "kafka", "redis", "ops", "erp")
     from erpsync import runner  # noqa: PLC0415 - bytewax is only imported for commands that run flows
 
     runner.run(settings, SchemaRegistry.load())
@@ -87,20 +140,97 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    _check_replay_paths(args.input, args.output)
+    _channels(settings)
     from erpsync import runner  # noqa: PLC0415
 
-    counts = runner.replay(settings, SchemaRegistry.load(), args.input, args.output, workers=args.workers)
-    produced = sum(n for k, n in counts.items() if not k.startswith("ignored:"))
-    print(f"replay: {produced} records written to {args.output}")
-    for name, n in sorted(counts.items()):
-        print(f"  {name}: {n}")
+    total = count_lines(args.input)
+    with track("replay", total=total, unit="records", interval_s=settings.cli.progress_interval_s) as t:
+        counts = runner.replay(settings, SchemaRegistry.load(), args.input, args.output, workers=args.workers,
+                               on_input=t.advance)
+    print(replay_summary(counts, args.output, total))
+    dead = counts.get(DLQ_TOPIC, 0)
+    if args.fail_on_dead_letters and dead:
+        raise DataError(f"{dead} record(s) dead-lettered (--fail-on-dead-letters); reasons above, records in "
+                        f"{args.output} (topic {DLQ_TOPIC})")
     return 0
 
 
-def _capture_fixtures(settings: Settings, args: argparse.Namespace) -> int:
-    from erpsync.fixtures import capture  # noqa: PLC0415
+def _check_replay_paths(source: Path, target: Path) -> None:
+    """Usage errors before any work: a missing input, an output that is the input (it would loop forever)."""
+    if not source.exists():
+        raise UsageError(f"--input {source}: no such file")
+    if not source.is_file():
+        raise UsageError(f"--input {source}: not a regular file")
+    if not os.access(source, os.R_OK):
+        raise UsageError(f"--input {source}: not readable (permission denied)")
+    if target.exists() or target.is_symlink():
+        if target.is_dir():
+            raise UsageError(f"--output {target}: is a directory; name a file")
+        if target.exists() and os.path.samefile(source, target):
+            raise UsageError(f"--output {target} is the same file as --input {source}: the replay would read "
+                             "its own output forever; write somewhere else")
+        if not os.access(target, os.W_OK):
+            raise UsageError(f"--output {target}: not writable (permission denied)")
+    elif not target.parent.is_dir():
+        raise UsageError(f"--output {target}: directory {target.parent} does not exist")
+    elif not os.access(target.parent, os.W_OK):
+        raise UsageError(f"--output {target}: directory {target.parent} is not writable")
 
-    counts = capture(settings, args.output)
+
+def count_lines(path: Path) -> int:
+    """Lines in a file (a last line without a newline counts), read in 1 MiB chunks: about 1 s per GB."""
+    lines, last = 0, b"\n"
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")
+
+
+def dead_letter_reasons(output: Path) -> Counter[str]:
+    """How many dead letters of a replay output had each reason."""
+    reasons: Counter[str] = Counter()
+    prefix = json.dumps({"topic": DLQ_TOPIC}, separators=(",", ":"))[:-1] + ","
+    with output.open() as fh:
+        for line in fh:
+            if line.startswith(prefix):
+                reasons[json.loads(line).get("headers", {}).get("reason", "?")] += 1
+    return reasons
+
+
+def replay_summary(counts: Counter[str], output: Path, records_in: int, *, top: int = 10) -> str:
+    """What a replay wrote, per output topic, and why records were dead-lettered or ignored."""
+    written = {k: n for k, n in counts.items() if not k.startswith("ignored:")}
+    ignored = {k.removeprefix("ignored:"): n for k, n in counts.items() if k.startswith("ignored:")}
+    lines = [f"replay: {records_in:,} input records, {sum(written.values()):,} output records written to {output}"]
+    width = max((len(t) for t in written), default=0)
+    lines += [f"  {topic:<{width}}  {n:>9,}" for topic, n in sorted(written.items())]
+    dead = written.get(DLQ_TOPIC, 0)
+    if dead:
+        reasons = dead_letter_reasons(output)
+        lines.append(f"dead letters: {dead:,}, {len(reasons)} distinct reason(s)")
+        lines += [f"  {n:>9,}  {reason}" for reason, n in reasons.most_common(top)]
+        if len(reasons) > top:
+            lines.append(f"  ... and {len(reasons) - top} more reason(s) (see the {DLQ_TOPIC} lines of {output})")
+    else:
+        lines.append("dead letters: none")
+    if ignored:
+        lines.append("ignored (counted, not written): " + ", ".join(f"{r} {n:,}" for r, n in sorted(ignored.items())))
+    return "\n".join(lines)
+
+
+def _capture_fixtures(settings: Settings, args: argparse.Namespace) -> int:
+    if args.output.exists() and not args.output.is_dir():
+        raise UsageError(f"--output {args.output}: not a directory")
+    _needs(settings, "erp", "wms", "kafka")
+    from erpsync.fixtures import STEPS, capture  # noqa: PLC0415
+
+    with track("capture-fixtures", total=len(STEPS), unit="steps",
+               interval_s=settings.cli.progress_interval_s) as t:
+        counts = capture(settings, args.output,
+                         on_step=lambda name: t.update(completed=STEPS.index(name), note=f"{name} ..."))
+        t.update(completed=len(STEPS), note="")
     print(f"captured into {args.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
@@ -204,7 +334,15 @@ def _mapping_docs(directory: Path) -> list[dict[str, object]]:
     return docs
 
 
+def _reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    _channels(settings)
+    _needs(settings, "erp", "wms", "ops", "redis", *(["kafka"] if args.topics else []))
+    return reconcile.main(args, settings)
+
+
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    _channels(settings)
+    _needs(settings, "erp", "ops", "wms", "redis", "kafka", "connect")
     from erpsync.demo import run_demo  # noqa: PLC0415
 
     return run_demo(settings, SchemaRegistry.load(), orders=args.orders, rate=args.rate)
@@ -215,14 +353,25 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
 
     from erpsync.simulate import Workload  # noqa: PLC0415
 
+    if args.manifest and not args.manifest.parent.is_dir():
+        raise UsageError(f"--manifest {args.manifest}: directory {args.manifest.parent} does not exist")
+    _channels(settings)
     tag = args.tag or f"SIM{secrets.token_hex(3).upper()}"
     try:
         work = Workload(settings, args.seed, tag, fault_rate=args.fault_rate, max_orders=max(1000, args.orders))
     except ValueError as exc:
-        print(f"erpsync simulate: {exc}", file=sys.stderr)
-        return 2
-    with work:
-        manifest = work.run(args.orders, args.rate or None, timeout_s=args.timeout)
+        raise UsageError(str(exc)) from exc
+    _needs(settings, "erp", "wms", "kafka", "redis")
+    with work, track("simulate", total=args.orders, unit="orders finished",
+                     interval_s=settings.cli.progress_interval_s) as t:
+        manifest = work.manifest
+
+        def on_step() -> None:
+            rejected = manifest.expected_rejections()
+            done = sum(1 for k in manifest.orders if work.finished(k) or (k in rejected and k not in manifest.stages))
+            t.update(completed=done, note=f"{manifest.submitted} messages sent")
+
+        manifest = work.run(args.orders, args.rate or None, timeout_s=args.timeout, on_step=on_step)
     if args.manifest:
         args.manifest.write_text(manifest.to_json())
     s = manifest.summary()
@@ -242,8 +391,8 @@ def _exceptions_list(settings: Settings, args: argparse.Namespace) -> int:
 
     from erpsync.ops import queue  # noqa: PLC0415
 
-    rows = queue.list_exceptions(settings, kind=args.kind, state=args.state,
-                                 since=None if args.since is None else queue.since_ms(args.since), limit=args.limit)
+    _needs(settings, "ops")
+    rows = queue.list_exceptions(settings, kind=args.kind, state=args.state, since=args.since, limit=args.limit)
     if args.json:
         print(json.dumps(rows, default=str, indent=2))
         return 0
@@ -260,6 +409,7 @@ def _exceptions_list(settings: Settings, args: argparse.Namespace) -> int:
 def _exceptions_show(settings: Settings, args: argparse.Namespace) -> int:
     from erpsync.ops import queue  # noqa: PLC0415
 
+    _needs(settings, "ops")
     row = queue.show(settings, args.id)
     if row is None:
         print(f"erpsync exceptions show: no exception {args.id}", file=sys.stderr)
@@ -271,6 +421,7 @@ def _exceptions_show(settings: Settings, args: argparse.Namespace) -> int:
 def _exceptions_resolve(settings: Settings, args: argparse.Namespace) -> int:
     from erpsync.ops import queue  # noqa: PLC0415
 
+    _needs(settings, "ops")
     if not queue.resolve(settings, args.id, args.note):
         print(f"erpsync exceptions resolve: no exception {args.id}", file=sys.stderr)
         return 1
@@ -281,15 +432,61 @@ def _exceptions_resolve(settings: Settings, args: argparse.Namespace) -> int:
 def _dlq_replay(settings: Settings, args: argparse.Namespace) -> int:
     from erpsync.ops import queue  # noqa: PLC0415
 
+    _needs(settings, "kafka", "ops")
     r = queue.replay_dead_letters(settings, reason=args.reason, topic=args.topic)
     print(f"dead letters: {r.read} read, {r.matched} matching, {r.already_replayed} already replayed, "
           f"{r.reinjected} re-injected into sync.dlq-replay (the running pipeline picks them up)")
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2); subcommand parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(errors.USAGE, f"{self.prog}: {errors.one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+    return parse
+
+
+def _number_within(low: float, high: float | None = None, *, low_open: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value != value or (value <= low if low_open else value < low) or (high is not None and value > high):
+            bounds = f"{'above' if low_open else 'at least'} {low:g}" + (f" and at most {high:g}" if high else "")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+    return parse
+
+
+def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """Accept -v/--verbose after any subcommand too (`erpsync replay ... -v`), not only before it."""
+    for action in parser._actions:  # noqa: SLF001 - argparse keeps subcommands only here
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sub in action.choices.values():
+                if "-v" not in sub._option_string_actions:  # noqa: SLF001
+                    sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                     help="debug logging, and a traceback with an error")
+                _verbose_everywhere(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="erpsync", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = _Parser(prog="erpsync", description=__doc__, epilog=EXIT_STATUSES,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and a traceback with an error")
+    parser.add_argument("--version", action="version", version=f"erpsync {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     stack_p = sub.add_parser(
@@ -305,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     lg = stack_sub.add_parser("logs", help="the last lines of each component's log")
     lg.add_argument("component", nargs="?",
                     choices=["redis", "postgres", "ops-db", "mariadb", "kafka", "connect", "registry"])
-    lg.add_argument("-n", "--lines", type=int, default=40)
+    lg.add_argument("-n", "--lines", type=_int_at_least(0), default=40)
     lg.set_defaults(func=_stack_logs)
 
     conn_p = sub.add_parser("connectors", help="Debezium connectors on a Kafka Connect cluster")
@@ -324,8 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls = ex_sub.add_parser("list", help="exceptions, newest first")
     ls.add_argument("--kind", help="e.g. oversold, price_mismatch, dead_letter")
     ls.add_argument("--state", choices=["open", "resolved", "replayed"])
-    ls.add_argument("--since", help="last seen at or after: ISO-8601 time or epoch milliseconds")
-    ls.add_argument("--limit", type=int, default=200)
+    ls.add_argument("--since", type=reconcile.parse_since, metavar="ISO|MS",
+                    help="last seen at or after: ISO-8601 time (UTC without an offset) or epoch milliseconds")
+    ls.add_argument("--limit", type=_int_at_least(1), default=200)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_exceptions_list)
     sh = ex_sub.add_parser("show", help="one exception, every field")
@@ -343,26 +541,32 @@ def build_parser() -> argparse.ArgumentParser:
     dr.set_defaults(func=_dlq_replay)
 
     reconcile.add_parser(sub)
+    sub.choices["reconcile"].set_defaults(func=_reconcile)
 
     rp = sub.add_parser("replay", help="run the whole pipeline over a kcat -J dump, no services needed")
     rp.add_argument("--input", type=Path, required=True, help="kcat -C -J output, one record a line")
     rp.add_argument("--output", type=Path, required=True, help="JSON lines {topic, key, value}")
-    rp.add_argument("--workers", type=int, default=1)
+    rp.add_argument("--workers", type=_int_at_least(1), default=1, help="bytewax workers (default 1)")
+    rp.add_argument("--fail-on-dead-letters", action="store_true",
+                    help="exit 4 when any record was dead-lettered (for CI)")
     rp.set_defaults(func=_replay)
     cf = sub.add_parser("capture-fixtures", help="script ERP/WMS changes on the local stack, dump the envelopes")
     cf.add_argument("--output", type=Path, default=Path("tests/fixtures/debezium"))
     cf.set_defaults(func=_capture_fixtures)
     dm = sub.add_parser("demo", help="show the pipeline at work on the local stack (after `stack up`)")
-    dm.add_argument("--orders", type=int, default=40, help="channel orders the workload sends (default 40)")
-    dm.add_argument("--rate", type=float, default=4.0, help="orders per second (default 4)")
+    dm.add_argument("--orders", type=_int_at_least(1), default=40,
+                    help="channel orders the workload sends (default 40)")
+    dm.add_argument("--rate", type=_number_within(0, low_open=True), default=4.0, help="orders per second (default 4)")
     dm.set_defaults(func=_demo)
     sim = sub.add_parser("simulate", help="play channels, ERP and WMS around a running pipeline (local stack)")
-    sim.add_argument("--orders", type=int, default=50, help="channel orders to send")
-    sim.add_argument("--rate", type=float, default=5.0, help="orders per second (0: as fast as possible)")
+    sim.add_argument("--orders", type=_int_at_least(1), default=50, help="channel orders to send")
+    sim.add_argument("--rate", type=_number_within(0), default=5.0, help="orders per second (0: as fast as possible)")
     sim.add_argument("--seed", type=int, default=1, help="same seed, same orders and faults")
     sim.add_argument("--tag", help="prefix of every id of the run, 2-16 letters/digits (default: random)")
-    sim.add_argument("--fault-rate", type=float, default=0.15, help="share of orders with an intake fault")
-    sim.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for every order to finish")
+    sim.add_argument("--fault-rate", type=_number_within(0, 1), default=0.15,
+                     help="share of orders with an intake fault, 0 to 1")
+    sim.add_argument("--timeout", type=_number_within(0, low_open=True), default=300.0,
+                     help="seconds to wait for every order to finish")
     sim.add_argument("--manifest", type=Path, help="write the manifest (ground truth) here as JSON")
     sim.set_defaults(func=_simulate)
     sc = sub.add_parser("schemas", help="the Avro contract")
@@ -391,7 +595,39 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--live", action="store_true", help="check the source tables in the live databases' "
                     "information_schema (as each system's capture login) instead of DDL")
     mc.set_defaults(func=_mappings_check)
+    _verbose_everywhere(parser)
     return parser
+
+
+EXIT_STATUSES = """\
+exit status: 0 success; 1 a check failed (or the local stack did not start); 2 usage error;
+3 a system unreachable (Kafka, Connect, PostgreSQL, MariaDB, Redis); 4 a data or configuration
+problem (channel file, settings, dead letters with --fail-on-dead-letters); 5 internal error."""
+
+
+INTERRUPTED = 130  # as a shell reports SIGINT
+
+
+def _load_settings() -> Settings:
+    """The settings, or a one-line error naming the environment variable that is wrong (exit 4)."""
+    try:
+        return load_settings()
+    except ValidationError as exc:
+        problems = describe_validation_error(exc)
+        raise DataError("settings: " + re.sub(r"key '([^']+)'", lambda m: "ERPSYNC_" + m.group(1).upper().replace(
+            ".", "__"), problems)) from exc
+    except SettingsError as exc:
+        raise DataError(f"settings: {errors.one_line(exc)} (a list or object setting is JSON, e.g. "
+                        """ERPSYNC_FLOWS__LOCATIONS='["DC-EAST"]')""") from exc
+
+
+def _configure_logging(command: str, verbose: bool) -> None:
+    # Short commands stay quiet unless asked (-v); `erpsync run` is a service and logs what it does.
+    level = logging.DEBUG if verbose else logging.INFO if command == "run" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # librdkafka's lines (rate-limited: erpsync.logs) only with -v, but for the service; the error says it in one.
+    logging.getLogger(KAFKA_CLIENT_LOGGER).setLevel(
+        logging.DEBUG if verbose else logging.WARNING if command == "run" else logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -399,17 +635,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["kcat"]:  # everything after it is kcat's, options included
         return kcat.run(load_settings(), argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    settings = load_settings()
+    verbose = bool(getattr(args, "verbose", False))
+    _configure_logging(args.command, verbose)
     try:
-        code: int = args.func(settings, args)
-    except (stack.StackError, redis.AuthenticationError) as exc:  # one actionable line, no traceback
+        code: int = args.func(_load_settings(), args)
+    except KeyboardInterrupt:
+        print("erpsync: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:  # stdout closed early (`erpsync ... | head`): not an error worth a line
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return INTERRUPTED
+    except stack.StackError as exc:
+        # The component and its log, then the log's last lines: what to read next.
         print(f"erpsync: {exc}", file=sys.stderr)
-        return 1
+        return errors.FAILED
+    except Exception as exc:  # noqa: BLE001 - every error ends in one line and an exit status
+        if isinstance(errors.root_cause(exc), KeyboardInterrupt):  # inside bytewax: wrapped in its error
+            print("erpsync: interrupted", file=sys.stderr)
+            return INTERRUPTED
+        status, message = errors.classify(exc)
+        if verbose:
+            traceback.print_exc()
+        print(f"erpsync {_command_name(args)}: {message}", file=sys.stderr)
+        return status
     return code
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    return " ".join(str(x) for x in (args.command, getattr(args, "action", None)) if x)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,6 @@ from typing import Any
 
 import psycopg
 import pymysql
-from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from rich.columns import Columns
 from rich.console import Console, Group
 from rich.live import Live
@@ -31,10 +31,13 @@ from rich.table import Table
 
 from connectors import ops_db
 from connectors.redis import client as redis_client
-from erpsync.channels import load_channels
+from erpsync.channels import configured_channels
 from erpsync.reconcile import reconcile, render
 from erpsync.settings import Settings
 from erpsync.simulate import Manifest, Workload
+from erpsync.stack.connect import ConnectClient
+from erpsync.stack.process import StackError
+from erpsync.topics import Follower
 from schemas.registry import SchemaRegistry, make_value_deserializer
 from state.records import DLQ_TOPIC, EXCEPTIONS_TOPIC
 
@@ -65,31 +68,44 @@ def _changes(settings: Settings, tag: str) -> None:
 
 def _read(settings: Settings, topics: list[str], tag: str, expected: int, timeout_s: float,
           since_ms: int | None = None) -> list[Any]:
-    """Records of `topics` that mention `tag`, written since `since_ms` (default: the last 10 minutes)."""
+    """Records of `topics` that mention `tag`, written since `since_ms` (default: the last 10 minutes).
+
+    On a fresh stack a raw topic appears with its table's first change, after this starts: the
+    reader picks topics up as they appear.
+    """
     since_ms = since_ms if since_ms is not None else int(time.time() * 1000) - 600_000
-    consumer = Consumer(settings.kafka.client_config() | {
-                         "group.id": f"demo-{tag}-{secrets.token_hex(2)}", "auto.offset.reset": "earliest"})
-    meta = consumer.list_topics(timeout=10)
-    wanted = [TopicPartition(t, p, since_ms) for t in topics if t in meta.topics for p in meta.topics[t].partitions]
-    # Start at the first record written since since_ms (the end, where there is none yet).
-    consumer.assign([TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
-                     for tp in consumer.offsets_for_times(wanted, timeout=10)])
     out: list[Any] = []
     deadline = time.monotonic() + timeout_s
-    while len(out) < expected and time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is None or msg.error():
-            continue
-        if tag in (msg.key() or b"").decode() or tag in (msg.value() or b"").decode("utf-8", "replace"):
-            out.append(msg)
-    consumer.close()
+    with Follower(settings, topics, since_ms=since_ms, group=f"demo-{tag}") as reader:
+        while len(out) < expected and time.monotonic() < deadline:
+            msg = reader.poll(0.5)
+            if msg is None:
+                continue
+            if tag in (msg.key() or b"").decode() or tag in (msg.value() or b"").decode("utf-8", "replace"):
+                out.append(msg)
     return out
+
+
+def _connector_problems(settings: Settings) -> list[str]:
+    """Debezium connectors or tasks that are not RUNNING, with the first line of their error."""
+    client = ConnectClient.of(settings.connect)
+    problems = []
+    try:
+        for name in client.states():
+            status = client.status(name) or {}
+            for part in [status.get("connector", {}), *status.get("tasks", [])]:
+                if part.get("state") != "RUNNING":
+                    trace = (part.get("trace") or "").strip().splitlines()
+                    problems.append(f"connector {name}: {part.get('state')}" + (f": {trace[0]}" if trace else ""))
+    except (StackError, OSError) as exc:
+        problems.append(f"Kafka Connect: {exc}")
+    return problems
 
 
 def _ats(settings: Settings, sku: str, timeout_s: float) -> dict[str, int | None]:
     """The storefront view: HGET ats:<channel> <sku> for every channel, once all have a value."""
     store = redis_client(settings, reader=True)
-    channels = [c.id for c in load_channels()]
+    channels = [c.id for c in configured_channels(settings)]
     deadline = time.monotonic() + timeout_s
     values: dict[str, int | None] = {}
     while time.monotonic() < deadline:
@@ -171,7 +187,12 @@ def run_demo(settings: Settings, registry: SchemaRegistry, console: Console | No
     ok = all(checks.values())
     if not ok:
         console.print(f"[red]missing: {', '.join(name for name, good in checks.items() if not good)}")
+        for problem in _connector_problems(settings):
+            console.print(f"[red]{problem}")
+    log.close()
     console.rule("[green]demo complete" if ok else "[red]demo incomplete: see " + str(work / "run.log"))
+    if ok:  # the pipeline's log and recovery snapshots are only worth keeping for a diagnosis
+        shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1
 
 
@@ -235,7 +256,7 @@ class _View:
 
     def __init__(self, settings: Settings, tag: str, skus: list[str]) -> None:
         self.settings, self.tag, self.skus = settings, tag, skus[:8]
-        self.channels = [c.id for c in load_channels()]
+        self.channels = [c.id for c in configured_channels(settings)]
         self.store = redis_client(settings, reader=True)
         self.conn = ops_db.connect(settings, autocommit=True)  # one connection for every refresh
 

@@ -12,15 +12,15 @@ import json
 import secrets
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pymysql
-from confluent_kafka import Consumer, TopicPartition
 
 from erpsync.settings import Settings
+from erpsync.topics import Follower
 from schemas.mapping import MAPPINGS_DIR
 
 
@@ -103,17 +103,16 @@ def wms_script(tag: str, base: int) -> list[str]:
 
 
 def _dump(settings: Settings, topics: list[str], wanted: Any, quiet_s: float) -> Iterator[dict[str, Any]]:
-    """Every record of `topics` whose key satisfies wanted(key), in partition order, kcat -J shaped."""
-    consumer = Consumer(settings.kafka.client_config() | {"group.id": "erpsync-fixtures", "enable.auto.commit": False,
-                                                          "enable.partition.eof": True})
-    meta = consumer.list_topics(timeout=10)
-    parts = [TopicPartition(t, p, 0) for t in topics if t in meta.topics for p in meta.topics[t].partitions]
-    consumer.assign(parts)
+    """Every record of `topics` whose key satisfies wanted(key), in partition order, kcat -J shaped.
+
+    Topics that Debezium has not created yet are picked up as they appear; reading stops after
+    quiet_s without a wanted record.
+    """
     last_data = time.monotonic()
-    try:
+    with Follower(settings, topics, group="erpsync-fixtures") as reader:
         while time.monotonic() - last_data < quiet_s:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
+            msg = reader.poll(0.5)
+            if msg is None:
                 continue
             raw_key, raw_value = msg.key(), msg.value()
             key = raw_key.decode() if raw_key is not None else None
@@ -123,17 +122,25 @@ def _dump(settings: Settings, topics: list[str], wanted: Any, quiet_s: float) ->
             yield {"topic": msg.topic(), "partition": msg.partition(), "offset": msg.offset(),
                    "tstype": "create", "ts": msg.timestamp()[1], "broker": 1, "key": key,
                    "payload": raw_value.decode() if raw_value is not None else None}
-    finally:
-        consumer.close()
 
 
-def capture(settings: Settings, output: Path, *, settle_s: float = 15.0) -> dict[str, int]:
-    """Run the scripts and write erp.jsonl and wms.jsonl (plus heartbeats.jsonl) into output."""
+STEPS = ("ERP changes", "WMS changes", "reading erp topics", "reading wms topics", "reading heartbeats")
+
+
+def capture(settings: Settings, output: Path, *, settle_s: float = 15.0,
+            on_step: Callable[[str], None] | None = None) -> dict[str, int]:
+    """Run the scripts and write erp.jsonl and wms.jsonl (plus heartbeats.jsonl) into output.
+
+    on_step is called with each of STEPS as it begins.
+    """
+    step = on_step or (lambda name: None)
     tag = f"FX{secrets.token_hex(3).upper()}"
     base = 900_000_000 + secrets.randbelow(90_000_000)
+    step("ERP changes")
     with _erp(settings) as conn:
         for statement in erp_script(tag, base):
             conn.execute(statement)
+    step("WMS changes")
     wms = _wms(settings)
     try:
         with wms.cursor() as cur:
@@ -151,12 +158,14 @@ def capture(settings: Settings, output: Path, *, settle_s: float = 15.0) -> dict
     output.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     for system in ("erp", "wms"):
+        step(f"reading {system} topics")
         records = list(_dump(settings, _topics(system), ours, settle_s))
         # and the transaction metadata (BEGIN/END) of the transactions those changes belong to
         ids = {(json.loads(r["payload"]).get("transaction") or {}).get("id") for r in records if r["payload"]}
         records += _dump(settings, [f"{system}.transaction"], _transaction_of(ids), 3.0)
         (output / f"{system}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         counts[system] = len(records)
+    step("reading heartbeats")
     beats = list(_dump(settings, ["__debezium-heartbeat.erp", "__debezium-heartbeat.wms"],
                        lambda t, k: True, 2.0))[-4:]
     (output / "heartbeats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in beats))

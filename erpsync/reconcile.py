@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import re
-import sys
 import textwrap
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -45,7 +44,6 @@ from typing import Any
 
 import psycopg
 import pymysql
-import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from psycopg.rows import dict_row
 from rich.console import Console
@@ -53,7 +51,7 @@ from rich.table import Table
 
 from connectors import ops_db
 from connectors.redis import client as redis_client
-from erpsync.channels import load_channels
+from erpsync.channels import configured_channels
 from erpsync.settings import Settings
 from state.channels import Channel
 
@@ -893,25 +891,35 @@ def compare_topics(latest: TopicValues, ats: Mapping[tuple[str, str], Ats],
 # ----------------------------------------------------------------------------- the run
 
 
+STEPS = ("reading the ERP and the WMS", "reading the ops database and Redis", "recomputing and comparing",
+         "reading the channel topics", "storing the run")
+
+
 def reconcile(settings: Settings, *, sku_like: str | None = None, order_like: str | None = None,
               since_ms: int | None = None, min_accuracy_pct: float | None = None, topic_records: int | None = None,
-              store: bool = True, channels: Sequence[Channel] | None = None) -> Report:
+              store: bool = True, channels: Sequence[Channel] | None = None,
+              on_step: Callable[[str], None] | None = None) -> Report:
     """Reconcile the SKUs and orders in scope (SQL LIKE patterns; None: all) and, if `store`, save the run.
 
     since_ms limits the sync-latency sample to rows written since then. topic_records (None: the
     topics are not read) is how many of the newest records of each compacted topic to compare.
+    on_step (progress) is called with each of STEPS as it begins.
     """
+    step = on_step or (lambda name: None)
     started = datetime.now(UTC)
-    channels = tuple(channels or load_channels())
+    channels = tuple(channels or configured_channels(settings))
+    step("reading the ERP and the WMS")
     with closing(_erp_snapshot(settings)) as erp, closing(_wms_snapshot(settings)) as wms:
         facts = read_inventory(erp, wms, sku_like)
         orders, intakes = read_orders(erp, wms, order_like)
+    step("reading the ops database and Redis")
     published = read_ops(settings, sku_like, order_like, since_ms)
     told = read_redis(settings, [c for c in channels if c.outputs.redis], sku_like)
     ids = {c.id for c in channels}
 
     skus = facts.skus() | {sku for ch, sku in published.availability if ch in ids} | {
         sku for values in told.values() for sku in values}
+    step("recomputing and comparing")
     ats = recompute_ats(facts, channels, skus)
     inventory = compare_inventory(ats, told, published.availability, facts.known(),
                                   {c.id for c in channels if c.outputs.redis})
@@ -920,6 +928,7 @@ def reconcile(settings: Settings, *, sku_like: str | None = None, order_like: st
     findings = inventory.findings + result.findings
     notes: list[str] = []
     if topic_records is not None:
+        step("reading the channel topics")
         order_keys = {k.partition("/")[2] for k in result.expected}
         wanted = {c.topic for c in channels if c.outputs.kafka} | {
             c.order_status_topic for c in channels if c.outputs.kafka}
@@ -949,6 +958,7 @@ def reconcile(settings: Settings, *, sku_like: str | None = None, order_like: st
     log.info("reconciled %d SKU x channel pairs and %d orders: %d findings", inventory.pairs, orders_in_scope,
              len(findings))
     if store:
+        step("storing the run")
         report.run_id = store_report(settings, report)
     return report
 
@@ -1072,11 +1082,14 @@ def render(report: Report, width: int = 160) -> str:
 def parse_since(text: str) -> int:
     """--since: epoch milliseconds, or an ISO 8601 time (UTC when it has no offset)."""
     if text.isdigit():
+        if len(text) > 15:  # past the year 33658: not a time anyone means (and beyond a bigint as microseconds)
+            raise argparse.ArgumentTypeError(f"epoch milliseconds out of range: {text}")
         return int(text)
     try:
         when = datetime.fromisoformat(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not epoch ms or an ISO 8601 time: {text!r}") from exc
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time (e.g. 2026-11-27T10:00:00Z) or epoch milliseconds, got {text!r}") from exc
     return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
@@ -1094,7 +1107,7 @@ in scope); 2 when a system cannot be read.
 """
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Add ``reconcile`` to the ``erpsync`` command line."""
     p = subparsers.add_parser(
         "reconcile", help="compare ERP and WMS (read directly) with what channels were told; KPIs",
@@ -1115,13 +1128,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the command: 0 ok, 1 inventory accuracy below --min-accuracy, 2 a system could not be read."""
-    try:
+    """Run the command: 0 ok, 1 inventory accuracy below --min-accuracy (a system that cannot be read raises)."""
+    # A system that cannot be read raises: the command line reports it in one line (exit 3).
+    from erpsync.progress import track  # noqa: PLC0415
+
+    steps = [s for s in STEPS if (args.topics or s != "reading the channel topics")
+             and (not args.no_store or s != "storing the run")]
+    with track("reconcile", total=len(steps), unit="steps", interval_s=settings.cli.progress_interval_s) as t:
         report = reconcile(settings, sku_like=args.skus, order_like=args.orders, since_ms=args.since,
                            min_accuracy_pct=args.min_accuracy, store=not args.no_store,
-                           topic_records=args.topic_records if args.topics else None)
-    except (psycopg.Error, pymysql.MySQLError, redis.RedisError, KafkaException, OSError) as exc:
-        print(f"erpsync reconcile: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+                           topic_records=args.topic_records if args.topics else None,
+                           on_step=lambda name: t.update(completed=steps.index(name), note=f"{name} ..."))
+        t.update(completed=len(steps), note="")
     print(report.to_json() if args.json else render(report).rstrip("\n"))
     return 0 if report.passed else 1

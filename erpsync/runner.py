@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from connectors.redis import AtsSink
 from connectors.resilience import HEALTH
 from erpsync import telemetry
 from erpsync.channels import load_channels
+from erpsync.progress import counting_source
 from erpsync.settings import Settings
 from flows.canonicalize import make_canonicalizer
 from flows.pipeline import COMMERCE_ORDERS_TOPIC, Sinks, Sources, Topology, build_flow, replay_sinks
@@ -85,14 +86,20 @@ def topology(settings: Settings, channels: list[str], workers: int,
 
 
 def replay(settings: Settings, registry: SchemaRegistry, source: Path, target: Path, *,
-           workers: int = 1) -> Counter[str]:
-    """Run the production dataflow over a kcat dump; returns how many records went where."""
+           workers: int = 1, on_input: Callable[[int], None] | None = None) -> Counter[str]:
+    """Run the production dataflow over a kcat dump; returns how many records went where.
+
+    on_input(n) is called for every n input records read (progress: erpsync.progress).
+    """
     sink = ReplaySink(target, registry)
     streams: list[Stream[object]] = []
     channels = dump_channels(source)
 
     def raw(flow: Dataflow) -> Stream[RawRecord | Progress | DeadLetter]:
-        return op.input("replay_input", flow, DumpSource(source, channels))
+        # Progress hook (erpsync.progress): counts the dump's records as the source reads them.
+        dump = DumpSource(source, channels)
+        return op.input("replay_input", flow, dump if on_input is None else counting_source(
+            dump, on_input, lambda item: not isinstance(item, Progress)))
 
     def collect(step_id: str, stream: Stream[object]) -> None:
         streams.append(stream)

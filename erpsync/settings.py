@@ -176,6 +176,11 @@ class FlowSettings(BaseModel):
     recovery_dir: Path | None = None
     # Source-table mappings (TOML); default: the packaged schemas/mappings.
     mappings_dir: Path | None = None
+    # Channel definitions, one TOML file per channel; default: the packaged erpsync/config/channels.
+    channels_dir: Path | None = None
+    # The WMS locations a channel may name in `locations` (a name not listed is an error, not an
+    # empty channel). Environment: a JSON list, e.g. ERPSYNC_FLOWS__LOCATIONS='["DC-EAST","DC-WEST"]'.
+    locations: tuple[str, ...] = ("DC-EAST", "DC-WEST", "DC-CENTRAL")
     # Order SLAs on event time (spec section 9): accepted -> allocated, ERP/WMS disagreement grace,
     # return received -> credit memo.
     allocation_sla_s: float = 4 * 3600
@@ -197,6 +202,14 @@ class FlowSettings(BaseModel):
     def slas(self) -> Slas:
         return Slas(int(self.allocation_sla_s * 1000), int(self.status_grace_s * 1000), int(self.credit_sla_s * 1000),
                     int(self.unknown_sku_grace_s * 1000))
+
+
+class CliSettings(BaseModel):
+    """How the command line reports long work."""
+
+    model_config = _FROZEN
+    # Seconds between progress log lines when stderr is not a terminal (a terminal gets a live bar).
+    progress_interval_s: float = Field(default=10.0, gt=0)
 
 
 class TelemetrySettings(BaseModel):
@@ -224,6 +237,7 @@ class Settings(BaseSettings):
     stack: StackSettings = StackSettings()
     flows: FlowSettings = FlowSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    cli: CliSettings = CliSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -31,7 +31,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from erpsync.channels import load_channels
+from erpsync.channels import configured_channels, load_channels
 from erpsync.settings import Settings
 from state.channels import Channel
 
@@ -534,7 +534,8 @@ class Workload:
         self.settings = settings
         self.scenario = Scenario(seed, tag, start=start, fault_rate=fault_rate,
                                  downstream_fault_rate=downstream_fault_rate, return_rate=return_rate,
-                                 import_failure_rate=import_failure_rate, max_orders=max_orders, channels=channels)
+                                 import_failure_rate=import_failure_rate, max_orders=max_orders,
+                                 channels=channels or configured_channels(settings))
         self.manifest = self.scenario.manifest
         self.tag = tag
         self._erp_conn: Any = None
@@ -641,9 +642,12 @@ class Workload:
                  len(cat.items), len(cat.prices), len(cat.stock), self.tag)
 
     def wait_ready(self, timeout_s: float) -> bool:
-        """Wait until Redis ``ats:<channel>`` has every seeded SKU on every channel; False after timeout_s.
+        """Wait until the pipeline has read the seeded catalog; False after timeout_s.
 
-        That is the sign the pipeline has read the seeded master data and stock (if it runs at all).
+        Redis ``ats:<channel>`` has every seeded SKU on every channel (items and stock read), and
+        canonical records exist for every seeded customer and price line: intake validates the
+        first orders against them. On a busy machine Debezium can deliver the price lines seconds
+        after the items, and an order validated before its prices is rejected as a price mismatch.
         """
         import redis  # noqa: PLC0415
 
@@ -653,9 +657,7 @@ class Workload:
         skus = [i.sku for i in self.scenario.catalog.items]
         deadline = time.monotonic() + timeout_s
         try:
-            while True:
-                if all(None not in store.hmget(f"ats:{c.id}", skus) for c in self.scenario.channels):
-                    return True
+            while not all(None not in store.hmget(f"ats:{c.id}", skus) for c in self.scenario.channels):
                 if time.monotonic() >= deadline:
                     return False
                 time.sleep(0.5)
@@ -664,6 +666,32 @@ class Workload:
             return False
         finally:
             store.close()
+        return self._wait_catalog_published(deadline)
+
+    def _wait_catalog_published(self, deadline: float) -> bool:
+        """Canonical records for every seeded customer and (price list, SKU), before the deadline."""
+        from erpsync.topics import Follower  # noqa: PLC0415 - the pure Scenario must not need Kafka
+
+        cat = self.scenario.catalog
+        waiting: set[tuple[str, tuple[str, ...]]] = {("canonical.customer", (c.customer_id,)) for c in cat.customers}
+        waiting |= {
+            ("canonical.price", (p.price_list_id, p.sku)) for p in cat.prices}
+        since_ms = int(time.time() * 1000) - 3_600_000
+        with Follower(self.settings, ["canonical.customer", "canonical.price"], since_ms=since_ms,
+                      group=f"erpsync-simulate-{self.tag}") as reader:
+            while waiting and time.monotonic() < deadline:
+                msg = reader.poll(0.5)
+                if msg is None or self.tag not in (key := (msg.key() or b"").decode()):
+                    continue
+                try:
+                    values = set(json.loads(key))
+                except (ValueError, TypeError):
+                    continue
+                waiting = {(topic, want) for topic, want in waiting
+                           if topic != msg.topic() or not values.issuperset(want)}
+        if waiting:
+            log.warning("the pipeline has not published %d seeded customers/price lines", len(waiting))
+        return not waiting
 
     # -- 2. channel orders
 
@@ -1088,22 +1116,29 @@ class Workload:
         return all(self.finished(k) for k in keys)
 
     def run(self, orders: int, rate: float | None = 10.0, *, until_drained: bool = True, timeout_s: float = 300.0,
-            poll_s: float = 0.2, ready_timeout_s: float = 30.0) -> Manifest:
+            poll_s: float = 0.2, ready_timeout_s: float = 30.0,
+            on_step: Callable[[], None] | None = None) -> Manifest:
         """Seed, send `orders` orders at `rate`/s while playing the ERP and the WMS, return the manifest.
 
         After the last order it keeps playing them every poll_s until every order is finished
-        (``manifest.drained``) or timeout_s has passed.
+        (``manifest.drained``) or timeout_s has passed. on_step (progress) is called after every
+        round of the ERP and the WMS.
         """
+        def step() -> None:
+            self.step()
+            if on_step is not None:
+                on_step()
+
         self.seed()
         if not self.wait_ready(ready_timeout_s):
             log.warning("the pipeline shows no availability for the seeded SKUs after %.0fs; sending anyway",
                         ready_timeout_s)
-        self.orders(orders, rate, on_idle=self.step, idle_every_s=poll_s)
+        self.orders(orders, rate, on_idle=step, idle_every_s=poll_s)
         log.info("sent %d orders (%d messages)", len(self.manifest.orders), self.manifest.submitted)
         deadline = time.monotonic() + timeout_s
         last_log = 0.0
         while until_drained:
-            self.step()
+            step()
             self.manifest.drained = self.drained()
             if self.manifest.drained or time.monotonic() >= deadline:
                 break

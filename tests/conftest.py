@@ -6,14 +6,28 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import configuration
 
 from connectors.files import parse_dump_line
 from flows.canonicalize import make_canonicalizer
 from schemas.registry import SchemaRegistry
 from state.changes import Canonicalizer
 from state.records import RawRecord
+from tests.tree import TREE_AT_START, snapshot
 
 FIXTURES = Path(__file__).parent / "fixtures" / "debezium"
+
+# Hypothesis keeps its example database (and caches) under .erpsync/, like every tool the tests run.
+configuration.set_hypothesis_home_dir(Path(__file__).resolve().parents[1] / ".erpsync" / "cache" / "hypothesis")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[TREE_AT_START] = snapshot()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `last` run after every other test (stable order otherwise)."""
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from erpsync.settings import Settings
@@ -20,11 +21,13 @@ log = logging.getLogger(__name__)
 __all__ = ["StackError", "down", "status", "up"]
 
 
-def up(settings: Settings) -> dict[str, float]:
+def up(settings: Settings, *, on_step: Callable[[str], None] | None = None) -> dict[str, float]:
     """Install what is missing, start every component and provision it. Idempotent.
 
-    Returns seconds spent per step, for the operator and for the stack timing figures.
+    Returns seconds spent per step, for the operator and for the stack timing figures. on_step is
+    called with each step's name ("install", a component's name, "migrations") as it begins.
     """
+    step = on_step or (lambda name: None)
     timings: dict[str, float] = {}
     home = settings.stack.home
     home.mkdir(parents=True, exist_ok=True)
@@ -32,6 +35,7 @@ def up(settings: Settings) -> dict[str, float]:
         path.chmod(0o600)
     install_log = home / "logs" / "install.log"
     t0 = time.monotonic()
+    step("install")
     ensure_packages(install_log)
     ensure_jars(DEBEZIUM_DIR / "pom.xml", home / "jvm", install_log)
     timings["install"] = time.monotonic() - t0
@@ -42,12 +46,14 @@ def up(settings: Settings) -> dict[str, float]:
         component.stop_if_reconfigured()
     for component in components:
         t0 = time.monotonic()
+        step(component.name)
         component.start()
         component.provision()
         timings[component.name] = time.monotonic() - t0
         log.info("%s healthy at %s (%.1fs)", component.name, component.endpoint, timings[component.name])
     from connectors import ops_db  # noqa: PLC0415  (the stack module stays light to import)
 
+    step("migrations")
     ops_db.migrate(settings)  # the ops database's tables exist before any flow or CLI needs them
     return timings
 

@@ -267,7 +267,8 @@ class Redis(Component):
 
     def launch(self) -> None:
         private_file(self.acl_file, redis_acl(self.settings.redis))
-        self.process = spawn(self._argv(), log_file=self.log_file, pid_file=self.pid_file)
+        # its working directory is its home: what it writes there (a crash log) stays out of the checkout
+        self.process = spawn(self._argv(), log_file=self.log_file, pid_file=self.pid_file, cwd=self.home)
 
 
 class Postgres(Component):
@@ -541,6 +542,7 @@ class MariaDB(Component):
             ],
             log_file=self.log_file,
             pid_file=self.pid_file,
+            cwd=self.home,  # what it writes to its working directory (a JVM crash log) stays out of the checkout
         )
 
     def sql(self, statements: str, *, database: str | None = None) -> str:
@@ -709,7 +711,7 @@ class Kafka(Component):
                          k.ssl_key_location.read_text().rstrip("\n") + "\n" + k.ssl_certificate_location.read_text())
         fresh = not (self.data / "meta.properties").exists()
         if fresh:
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            cluster_id = kafka_cluster_id()
             scram = [arg for user, password in self.users().items()
                      for arg in ("--add-scram", _scram_salted(user, password))]
             _java_argfile(self.settings, self.home, ["kafka.tools.StorageTool", "format", "-t", cluster_id,
@@ -720,7 +722,7 @@ class Kafka(Component):
         elif not self._credentials_current():
             self._set_credentials()
         self.process = spawn(_java(self.settings, "kafka.Kafka", str(props), heap=self.settings.stack.kafka_heap),
-                             log_file=self.log_file, pid_file=self.pid_file)
+                             log_file=self.log_file, pid_file=self.pid_file, cwd=self.home)
 
     def _credentials_current(self) -> bool:
         try:
@@ -741,7 +743,7 @@ class Kafka(Component):
                  "passwords): the broker starts once with its client listener PLAINTEXT on %s", self.endpoint)
         props = private_file(self.home / "setup.properties", self._properties(setup=True))
         self.process = spawn(_java(self.settings, "kafka.Kafka", str(props), heap=self.settings.stack.kafka_heap),
-                             log_file=self.log_file, pid_file=self.pid_file)
+                             log_file=self.log_file, pid_file=self.pid_file, cwd=self.home)
         try:
             plaintext: dict[str, Any] = {"bootstrap.servers": self.endpoint, "socket.timeout.ms": 2000,
                                          "logger": kafka_client_logger()}
@@ -832,6 +834,7 @@ class Connect(Component):
             log_file=self.log_file,
             pid_file=self.pid_file,
             env=connector_env(self.settings),
+            cwd=self.home,  # what it writes to its working directory (a JVM crash log) stays out of the checkout
         )
 
     def provision(self) -> None:
@@ -1121,6 +1124,18 @@ LOG4J = "\n".join([
 
 def _write_log4j(path: Path) -> None:
     private_file(path, LOG4J)
+
+
+def kafka_cluster_id() -> str:
+    """A random KRaft cluster id (base64url of a UUID) that does not start with "-".
+
+    One in 64 would, and kafka-storage then reads it as an option ("argument --cluster-id/-t:
+    expected one argument"): a fresh stack failed to start that often. Kafka's own
+    Uuid.randomUuid() skips those ids for the same reason.
+    """
+    while (cluster_id := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).startswith("-"):
+        pass
+    return cluster_id
 
 
 def all_components(settings: Settings) -> list[Component]:

@@ -20,11 +20,12 @@ import psycopg
 import pymysql
 import pytest
 import redis
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, Message
 
 from connectors.redis import client as redis_client
 from erpsync import stack
 from erpsync.settings import Settings, load_settings
+from erpsync.topics import existing_partitions, start_positions
 from schemas.registry import SchemaRegistry, make_value_deserializer
 
 pytestmark = pytest.mark.integration
@@ -113,15 +114,13 @@ def unique(prefix: str) -> str:
 
 def read_to_end(settings: Settings, topics: list[str], timeout_s: float = 60,
                 since_ms: int | None = None) -> Iterator[Message]:
-    """Every record of `topics` (written at or after `since_ms`, if given) until each partition's end."""
+    """Every record of `topics` (written at or after `since_ms`, if given) until each partition's end.
+
+    Topics that do not exist (yet) have no records to read; they are not an error.
+    """
     consumer = Consumer(settings.kafka.client_config() | {"group.id": unique("read"),
                          "auto.offset.reset": "earliest", "enable.partition.eof": True})
-    meta = consumer.list_topics(timeout=10)
-    parts = [TopicPartition(t, p, since_ms if since_ms is not None else OFFSET_BEGINNING)
-             for t in topics if t in meta.topics for p in meta.topics[t].partitions]
-    if since_ms is not None:
-        parts = [TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END)
-                 for tp in consumer.offsets_for_times(parts, timeout=10)]
+    parts = start_positions(consumer, existing_partitions(consumer, topics), since_ms)
     consumer.assign(parts)
     at_end: set[tuple[str, int]] = set()
     deadline = time.monotonic() + timeout_s

@@ -98,6 +98,8 @@ def test_a_redis_value_changed_by_hand_is_reported(drained: Manifest, settings: 
                "--json", "--min-accuracy", "100"]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+        # progress on stderr (its last line: the steps and the time taken), the report alone on stdout
+        assert "erpsync.progress: reconcile: 4 steps in " in result.stderr.splitlines()[-1], result.stderr
         doc: dict[str, Any] = json.loads(result.stdout)
         mismatches = [f for f in doc["findings"] if f["kind"] == "ats_mismatch_redis"]
         assert [(f["business_key"], f["actual"]) for f in mismatches] == [(f"b2b-portal/{sku}", 9999)]

@@ -205,3 +205,14 @@ def test_ops_database_has_its_own_cluster(compose: dict[str, Any]) -> None:
 
 def test_a_pipeline_that_dies_is_restarted(compose: dict[str, Any]) -> None:
     assert compose["services"]["flows"]["restart"] in ("unless-stopped", "always", "on-failure")
+
+
+def test_the_container_reads_channels_from_a_directory_the_deployment_provides(compose: dict[str, Any]) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    env = compose["x-erpsync-env"]
+    channels_dir = env["ERPSYNC_FLOWS__CHANNELS_DIR"]
+    assert f"ENV ERPSYNC_FLOWS__CHANNELS_DIR={channels_dir}" in dockerfile
+    assert f"COPY erpsync/config/channels {channels_dir}" in dockerfile  # the reference channels by default
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in compose["services"]["flows"]["volumes"] if ":" in m}
+    assert mounts[channels_dir] == "./erpsync/config/channels" and (ROOT / mounts[channels_dir]).is_dir()
+    assert Settings.model_validate({"flows": {"channels_dir": channels_dir}}).flows.channels_dir == Path(channels_dir)
