@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -18,6 +19,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from erpsync import telemetry
+from erpsync.channels import OutputPlan
 from schemas.registry import SchemaRegistry
 from state.records import DLQ_TOPIC, DeadLetter, Emit, Ignored, Outcome, Progress, RawRecord, event_ms_of
 
@@ -112,11 +114,32 @@ def to_json(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
-def replay_line(outcome: Emit | DeadLetter, registry: SchemaRegistry) -> str:
-    """The spec's replay output line for a produced record."""
-    if isinstance(outcome, Emit):
+@dataclass(frozen=True, slots=True)
+class RedisWrite:
+    """What the live Redis sink writes for an Availability record: ``HSET ats:<channel> <sku> <ats>``."""
+
+    channel: str
+    sku: str
+    ats: int
+
+
+def replay_line(outcome: Emit | DeadLetter | RedisWrite, registry: SchemaRegistry,
+                plan: OutputPlan | None = None) -> str:
+    """The spec's replay output line for a produced record, in the format its channel reads.
+
+    A JSON channel's record is its JSON bytes parsed again (``"format": "json"``); every other
+    record is Avro-encoded and decoded again. A Redis write is ``{"topic": "redis:ats:<channel>",
+    "key": sku, "value": "<ats>"}``: the hash and the string storefronts read (a Kafka topic name
+    cannot contain ":", so it is never taken for one).
+    """
+    if isinstance(outcome, RedisWrite):
+        doc: dict[str, Any] = {"topic": f"redis:ats:{outcome.channel}", "key": outcome.sku, "value": str(outcome.ats)}
+    elif isinstance(outcome, Emit) and plan is not None and plan.format_of(outcome.topic) == "json":
+        doc = {"topic": outcome.topic, "key": outcome.key, "format": "json",
+               "value": json.loads(json.dumps(outcome.value, separators=(",", ":")))}
+    elif isinstance(outcome, Emit):
         _, decoded = registry.decode(registry.encode(outcome.schema, outcome.value))
-        doc: dict[str, Any] = {"topic": outcome.topic, "key": outcome.key, "value": decoded}
+        doc = {"topic": outcome.topic, "key": outcome.key, "value": decoded}
     else:
         raw = outcome.raw
         doc = {
@@ -142,9 +165,13 @@ class _ReplayPartition(StatefulSinkPartition[Outcome, None]):
             if isinstance(outcome, Ignored):
                 counts[f"ignored:{outcome.reason}"] += 1
                 continue
+            if isinstance(outcome, RedisWrite):
+                counts[f"redis:ats:{outcome.channel}"] += 1
+                lines.append(replay_line(outcome, self.sink.registry, self.sink.plan))
+                continue
             topic = outcome.topic if isinstance(outcome, Emit) else DLQ_TOPIC
             counts[topic] += 1
-            lines.append(replay_line(outcome, self.sink.registry))
+            lines.append(replay_line(outcome, self.sink.registry, self.sink.plan))
             written.setdefault(topic, []).append(event_ms_of(outcome) if isinstance(outcome, Emit) else 0)
         if lines:
             self.fh.write("\n".join(lines) + "\n")
@@ -170,9 +197,10 @@ class ReplaySink(FixedPartitionedSink[Outcome, None]):
     key's records all come from the same upstream worker. Ignored records are counted, not written.
     """
 
-    def __init__(self, path: Path, registry: SchemaRegistry) -> None:
+    def __init__(self, path: Path, registry: SchemaRegistry, plan: OutputPlan | None = None) -> None:
         self.path = path
         self.registry = registry
+        self.plan = plan
         self.counts: Counter[str] = Counter()
 
     def list_parts(self) -> list[str]:

@@ -147,7 +147,7 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     total = count_lines(args.input)
     with track("replay", total=total, unit="records", interval_s=settings.cli.progress_interval_s) as t:
         counts = runner.replay(settings, SchemaRegistry.load(), args.input, args.output, workers=args.workers,
-                               on_input=t.advance)
+                               channels=configured_channels(settings), on_input=t.advance)
     print(replay_summary(counts, args.output, total))
     dead = counts.get(DLQ_TOPIC, 0)
     if args.fail_on_dead_letters and dead:

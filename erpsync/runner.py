@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import json
@@ -23,7 +24,7 @@ from bytewax.run import cli_main
 from connectors import kafka, lifecycle, ops_db
 from connectors import redis as redis_store
 from connectors.erp_intake import IntakeWriter
-from connectors.files import DumpSource, ReplaySink, dump_channels
+from connectors.files import DumpSource, RedisWrite, ReplaySink, dump_channels
 from connectors.kafka import Serializer
 from connectors.kafka_out import (
     Outgoing,
@@ -38,7 +39,7 @@ from connectors.ops_db import AvailabilitySink, ExceptionSink, OrderStatusSink
 from connectors.redis import AtsSink
 from connectors.resilience import HEALTH
 from erpsync import telemetry
-from erpsync.channels import load_channels
+from erpsync.channels import OutputPlan, configured_channels, load_channels
 from erpsync.progress import counting_source
 from erpsync.settings import Settings
 from flows.canonicalize import make_canonicalizer
@@ -86,27 +87,42 @@ def topology(settings: Settings, channels: list[str], workers: int,
 
 
 def replay(settings: Settings, registry: SchemaRegistry, source: Path, target: Path, *,
-           workers: int = 1, on_input: Callable[[int], None] | None = None) -> Counter[str]:
+           workers: int = 1, channels: Sequence[Channel] | None = None,
+           on_input: Callable[[int], None] | None = None) -> Counter[str]:
     """Run the production dataflow over a kcat dump; returns how many records went where.
 
-    on_input(n) is called for every n input records read (progress: erpsync.progress).
+    Each channel's outputs apply as live: no topic records for kafka = false, JSON values for
+    format = "json", the Redis writes (ats:<channel>) for redis = true. channels: default the
+    packaged definitions. on_input(n) is called for every n input records read (progress).
     """
-    sink = ReplaySink(target, registry)
+    channels = tuple(channels) if channels is not None else load_channels()
+    plan = OutputPlan.of(channels)
+    sink = ReplaySink(target, registry, plan)
     streams: list[Stream[object]] = []
-    channels = dump_channels(source)
+    inputs = dump_channels(source)
 
     def raw(flow: Dataflow) -> Stream[RawRecord | Progress | DeadLetter]:
         # Progress hook (erpsync.progress): counts the dump's records as the source reads them.
-        dump = DumpSource(source, channels)
+        dump = DumpSource(source, inputs)
         return op.input("replay_input", flow, dump if on_input is None else counting_source(
             dump, on_input, lambda item: not isinstance(item, Progress)))
 
     def collect(step_id: str, stream: Stream[object]) -> None:
         streams.append(stream)
 
-    flow = build_flow(registry, load_channels(), topology(settings, channels, workers), sources=Sources(raw),
-                      sinks=replay_sinks(collect), slas=settings.flows.slas(),
-                      canonicalizer=make_canonicalizer(registry, settings.flows.mappings_dir))
+    def published(step_id: str, stream: Stream[Emit]) -> None:  # as live: nothing on a kafka = false topic
+        kept: Stream[Emit] = op.filter(f"{step_id}_kafka_channels", stream, lambda e: e.topic not in plan.kafka_off)
+        collect(step_id, kept)
+
+    def redis_view(step_id: str, stream: Stream[Emit]) -> None:  # as live: HSET ats:<channel> for redis = true
+        bound = op.filter(f"{step_id}_redis_channels", stream, lambda e: e.value["channel"] in plan.redis_channels)
+        collect(step_id, op.map(f"{step_id}_redis_view", bound,
+                                lambda e: RedisWrite(e.value["channel"], e.value["sku"], e.value["ats"])))
+
+    sinks = dataclasses.replace(replay_sinks(collect), emits=published, availability=redis_view)
+    canonicalizer = make_canonicalizer(registry, settings.flows.mappings_dir)
+    flow = build_flow(registry, channels, topology(settings, inputs, workers), sources=Sources(raw), sinks=sinks,
+                      slas=settings.flows.slas(), canonicalizer=canonicalizer)
     merged: Stream[object] = op.merge("replay_all", *streams)
     op.output("replay_output", op.key_on("replay_one_writer", merged, lambda _: "out"), sink)  # type: ignore[misc]
     tune_gc()
@@ -114,9 +130,9 @@ def replay(settings: Settings, registry: SchemaRegistry, source: Path, target: P
     return sink.counts
 
 
-def channel_serializer(channels: Sequence[Channel], avro: Serializer) -> Serializer:
+def channel_serializer(plan: OutputPlan, avro: Serializer) -> Serializer:
     """Avro by default; plain JSON (same fields) for channels whose storefront team reads JSON."""
-    json_topics = {t for c in channels if c.outputs.format == "json" for t in (c.topic, c.order_status_topic)}
+    json_topics = plan.json_topics
 
     def serialize(topic: str, schema: str, value: dict[str, Any]) -> bytes:
         if topic in json_topics:
@@ -139,7 +155,8 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     # the key and the problem, on a mapping that would load but dead-letter or misread rows.
     refuse_invalid_mappings(registry, settings.flows.mappings_dir or MAPPINGS_DIR)
     lifecycle.reset()
-    channels = load_channels()
+    channels = configured_channels(settings)
+    plan = OutputPlan.of(channels)
     canonicalizer = make_canonicalizer(registry, settings.flows.mappings_dir)
     mapped = canonicalizer.mappings.topics + sorted(canonicalizer.mappings.ignored_topics)
     # Debezium's transaction metadata of each source system (keeps source transactions whole)
@@ -157,7 +174,7 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
                      *(t for t in existing if t.startswith(prefixes))})
     ops_db.migrate(settings)
     telemetry.setup(settings)
-    serialize = channel_serializer(channels, make_value_serializer(registry, settings.kafka.schema_registry_url))
+    serialize = channel_serializer(plan, make_value_serializer(registry, settings.kafka.schema_registry_url))
     layout = TopicLayout(settings).load([*outputs, *channel_topics])
     partitions = {t: existing.get(t, [0]) for t in topics}
     input_channels = [f"{t}#{p}" for t, ps in sorted(partitions.items()) for p in ps]
@@ -195,8 +212,8 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
 def _live_flow(settings: Settings, registry: SchemaRegistry, channels: Sequence[Channel], canonicalizer: Canonicalizer,
                input_channels: list[str], partitions: dict[str, list[int]], layout: TopicLayout,
                serialize: Serializer, reseed: frozenset[str]) -> Dataflow:
-    kafka_off = {t for c in channels if not c.outputs.kafka for t in (c.topic, c.order_status_topic)}
-    to_redis = {c.id for c in channels if c.outputs.redis}
+    plan = OutputPlan.of(channels)
+    kafka_off, to_redis = plan.kafka_off, plan.redis_channels
     to_kafka: list[Stream[Outgoing]] = []
 
     def raw(flow: Dataflow) -> Stream[RawRecord | Progress | DeadLetter]:
