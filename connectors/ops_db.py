@@ -89,7 +89,7 @@ WHERE o.version < excluded.version
 """
 
 
-_UPSERT_EXCEPTION = """
+UPSERT_EXCEPTION = """
 INSERT INTO sync.exceptions AS e (id, kind, severity, entity, business_key, reason, detail, source, first_seen_ms,
     last_seen_ms, occurrences, state)
 VALUES (%(id)s, %(kind)s, %(severity)s, %(entity)s, %(business_key)s, %(reason)s, %(detail)s, %(source)s,
@@ -101,12 +101,13 @@ ON CONFLICT (id) DO UPDATE SET
     detail = CASE WHEN excluded.last_seen_ms >= e.last_seen_ms THEN excluded.detail ELSE e.detail END,
     first_seen_ms = LEAST(e.first_seen_ms, excluded.first_seen_ms),
     last_seen_ms = GREATEST(e.last_seen_ms, excluded.last_seen_ms),
-    -- replayed when the pipeline says so; a resolved problem that happens again is open again
+    -- replayed when the pipeline says so; a later record sets the state: a resolved problem that
+    -- happens again is open again, one whose condition cleared (a channel back up) is resolved
     state = CASE WHEN excluded.state = 'replayed' THEN 'replayed'
-                 WHEN excluded.last_seen_ms > e.last_seen_ms THEN 'open'
+                 WHEN excluded.last_seen_ms > e.last_seen_ms THEN excluded.state
                  ELSE e.state END,
     state_changed_at = CASE WHEN excluded.state = 'replayed' AND e.state <> 'replayed'
-                                 OR excluded.last_seen_ms > e.last_seen_ms AND e.state <> 'open'
+                                 OR excluded.last_seen_ms > e.last_seen_ms AND e.state <> excluded.state
                             THEN now() ELSE e.state_changed_at END,
     written_at = now()
 """
@@ -171,7 +172,7 @@ def OrderStatusSink(settings: Settings) -> UpsertSink:  # noqa: N802
 
 def ExceptionSink(settings: Settings) -> UpsertSink:  # noqa: N802
     """SyncException records into sync.exceptions: one row per problem, occurrences counted once."""
-    return UpsertSink(settings, _UPSERT_EXCEPTION, exception_row)
+    return UpsertSink(settings, UPSERT_EXCEPTION, exception_row)
 
 
 def order_status_row(value: dict[str, Any]) -> dict[str, Any]:
