@@ -83,6 +83,7 @@ Serializer = Callable[[str, str, dict[str, Any]], bytes]
 
 KIND_OF_SCHEMA: dict[str, Kind] = {AVAILABILITY_SCHEMA: "availability", ORDER_STATUS_SCHEMA: "order_status"}
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
+RATE_HEADROOM = 0.98  # of the platform's rate: lets its bucket refill the jitter reserve
 BODY_LIMIT = 16_000  # characters of a request or response body kept in an exception
 
 _meter = metrics.get_meter("erpsync")
@@ -525,7 +526,8 @@ class Delivery:
         self.breaker = Breaker(self.push.breaker_failures, self.push.breaker_reset_s, self._breaker_moved)
         # One request of burst is kept in reserve so that network jitter never makes two requests
         # arrive closer together than the platform allows.
-        self.limiter = AsyncLimiter(max(1, self.push.burst - 1), max(1, self.push.burst - 1) / self.push.rate_per_s)
+        capacity = max(1, self.push.burst - 1)
+        self.limiter = AsyncLimiter(capacity, capacity / (self.push.rate_per_s * RATE_HEADROOM))
         self.backoff = wait_exponential_jitter(initial=0.25, max=self.push.backoff_max_s, jitter=0.5)
         self.store = Store(self.settings, self.channel)
         limits = httpx2.Limits(max_connections=self.push.concurrency, max_keepalive_connections=self.push.concurrency)
@@ -932,16 +934,3 @@ def replay_rejected(settings: Settings, exception_id: str) -> int:
                      (exception_id,))
         conn.commit()
         return cur.rowcount
-
-
-def acknowledged_ats(settings: Settings, channels: Sequence[str], sku_like: str | None) -> dict[tuple[str, str], int]:
-    """(channel, sku) -> the ATS each push channel acknowledged (for reconcile's channel_mismatch)."""
-    if not channels:
-        return {}
-    with ops_db.connect(settings) as conn:
-        exists = conn.execute("SELECT to_regclass('sync.channel_deliveries') IS NOT NULL").fetchone()
-        if not exists or not exists[0]:
-            return {}
-        return {(ch, sku): int(ats) for ch, sku, ats in conn.execute(
-            "SELECT channel, key, acked_ats FROM sync.channel_deliveries WHERE kind = 'availability'"
-            " AND acked_ats IS NOT NULL AND channel = ANY(%s) AND key LIKE %s", (list(channels), sku_like or "%"))}

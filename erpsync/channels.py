@@ -13,8 +13,9 @@ from state.channels import Channel
 CHANNELS_DIR = Path(__file__).with_name("config") / "channels"
 
 
-def load_channels(directory: Path = CHANNELS_DIR) -> tuple[Channel, ...]:
-    """Every channel definition in directory, sorted by id; a bad file fails with its name."""
+def load_channels(directory: Path | None = None) -> tuple[Channel, ...]:
+    """Every channel definition in directory (default: the packaged ones), sorted by id; a bad file names itself."""
+    directory = directory or CHANNELS_DIR
     channels = []
     for path in sorted(directory.glob("*.toml")):
         try:

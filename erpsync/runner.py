@@ -17,7 +17,7 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from connectors import kafka, ops_db
+from connectors import http_channels, kafka, ops_db
 from connectors.erp_intake import IntakeWriter
 from connectors.files import DumpSource, ReplaySink
 from connectors.kafka import Serializer
@@ -87,7 +87,7 @@ def channel_serializer(channels: Sequence[Channel], avro: Serializer) -> Seriali
 
 def run(settings: Settings, registry: SchemaRegistry) -> None:
     """The live pipeline, resuming from bytewax recovery snapshots; runs until interrupted."""
-    channels = load_channels()
+    channels = load_channels(settings.flows.channels_dir)
     canonicalizer = make_canonicalizer(registry, settings.flows.mappings_dir)
     mapped = canonicalizer.mappings.topics + sorted(canonicalizer.mappings.ignored_topics)
     heartbeats = [f"{HEARTBEAT_PREFIX}.{system}" for system in
@@ -112,10 +112,23 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     def raw(flow: Dataflow) -> tuple[Stream[RawRecord], Stream[DeadLetter]]:
         return kafka.raw_input(flow, "kafka_raw", settings, topics)
 
+    # HTTP push channels (connectors.http_channels): availability and order status records are handed
+    # to the delivery engine, which never blocks the dataflow.
+    push_sink = http_channels.PushSink(settings, channels, serialize)
+
+    def push(step_id: str, stream: Stream[Emit], kind: http_channels.Kind) -> None:
+        if http_channels.pushes(channels, kind):
+            op.output(f"{step_id}_push", stream, push_sink)
+
     def stores(step_id: str, stream: Stream[Emit]) -> None:
         redis_bound = op.filter(f"{step_id}_redis_channels", stream, lambda e: e.value["channel"] in to_redis)
         op.output(f"{step_id}_redis", redis_bound, AtsSink(settings))
         op.output(f"{step_id}_ops_db", stream, AvailabilitySink(settings))
+        push(step_id, stream, "availability")
+
+    def order_status(step_id: str, stream: Stream[Emit]) -> None:
+        op.output(step_id, stream, OrderStatusSink(settings))
+        push(step_id, stream, "order_status")
 
     sinks = Sinks(
         emits=lambda step_id, s: kafka.emit_output(
@@ -125,7 +138,7 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
         ignored=lambda step_id, s: op.output(step_id, s, IgnoredCounter()),
         availability=stores,
         order_intake=lambda step_id, s: op.output(step_id, s, IntakeWriter(settings)),
-        order_status=lambda step_id, s: op.output(step_id, s, OrderStatusSink(settings)),
+        order_status=order_status,
         exceptions=lambda step_id, s: op.output(step_id, s, ExceptionSink(settings)),
     )
     # The tables intake validation reads: at a fresh start, intake waits for each (flows.orders).

@@ -99,6 +99,8 @@ class FlowSettings(BaseModel):
     recovery_dir: Path | None = None
     # Source-table mappings (TOML); default: the packaged schemas/mappings.
     mappings_dir: Path | None = None
+    # Channel definitions (TOML, one per channel); default: the packaged erpsync/config/channels.
+    channels_dir: Path | None = None
     # Order SLAs on event time (spec section 9): accepted -> allocated, ERP/WMS disagreement grace,
     # return received -> credit memo.
     allocation_sla_s: float = 4 * 3600
