@@ -515,8 +515,13 @@ class Delivery:
         return 1
 
     def counts(self) -> tuple[int, int]:
+        """(values waiting, values in flight); a key can have one of each (a newer value waits for the request)."""
         with self.lock:
             return len(self.pending), len(self.inflight)
+
+    def owed_keys(self) -> int:
+        with self.lock:
+            return len(self.pending.keys() | self.inflight.keys())
 
     # -- the loop's side
 
@@ -528,7 +533,7 @@ class Delivery:
         # arrive closer together than the platform allows.
         capacity = max(1, self.push.burst - 1)
         self.limiter = AsyncLimiter(capacity, capacity / (self.push.rate_per_s * RATE_HEADROOM))
-        self.backoff = wait_exponential_jitter(initial=0.25, max=self.push.backoff_max_s, jitter=0.5)
+        self.backoff = wait_exponential_jitter(multiplier=0.25, max=self.push.backoff_max_s, jitter=0.5)
         self.store = Store(self.settings, self.channel)
         limits = httpx2.Limits(max_connections=self.push.concurrency, max_keepalive_connections=self.push.concurrency)
         self.client = httpx2.AsyncClient(timeout=self.push.timeout_s, limits=limits, trust_env=False)
@@ -760,12 +765,14 @@ class Delivery:
         pending, inflight = self.counts()
         p50, p99 = self.stats.percentiles()
         return {"channel": self.channel, "breaker": self.breaker.state, "pending": pending, "in_flight": inflight,
+                "owed_keys": self.owed_keys(),
                 "delivered": self.stats.delivered, "last_position": self.stats.last_position,
                 "latency_p50_ms": p50, "latency_p99_ms": p99, "requests_per_s": round(self.stats.rate(), 2),
                 "errors": dict(self.stats.errors)}
 
     async def write_status(self) -> None:
         row = self.status()
+        del row["owed_keys"]
         row.update(last_position=Jsonb(row["last_position"]), errors=Jsonb(row["errors"]),
                    started_at=datetime.fromtimestamp(self.stats.started_at, UTC))
         await self.store.status(row)
