@@ -27,7 +27,8 @@ channel's ``Delivery`` and returns. Each Delivery runs on one asyncio loop in a 
   before a crash are never lost and nothing older is re-sent over a newer value.
 - **Visible.** ``sync.channel_status`` (``erpsync channels status``) and OpenTelemetry metrics:
   ``erpsync.channel.requests`` (by outcome), ``erpsync.channel.delivered``,
-  ``erpsync.channel.latency`` (source event -> acknowledged, ms), gauges ``erpsync.channel.pending``
+  ``erpsync.channel.latency`` (handed over -> acknowledged, ms), ``erpsync.sync.latency`` with sink
+  ``push`` (source commit -> acknowledged), gauges ``erpsync.channel.pending``
   and ``erpsync.channel.breaker`` (0 closed, 1 half-open, 2 open).
 
 Credentials come from the environment variables the channel file names; they are never logged,
@@ -65,6 +66,7 @@ from psycopg.types.json import Jsonb
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from connectors import ops_db
+from erpsync import telemetry
 from erpsync.settings import Settings
 from state import exception
 from state.ats import AVAILABILITY_SCHEMA
@@ -83,14 +85,14 @@ Serializer = Callable[[str, str, dict[str, Any]], bytes]
 
 KIND_OF_SCHEMA: dict[str, Kind] = {AVAILABILITY_SCHEMA: "availability", ORDER_STATUS_SCHEMA: "order_status"}
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
-RATE_HEADROOM = 0.98  # of the platform's rate: lets its bucket refill the jitter reserve
+RATE_HEADROOM = 0.98  # of the platform's rate: refills the platform's bucket after jitter used the reserve
 BODY_LIMIT = 16_000  # characters of a request or response body kept in an exception
 
 _meter = metrics.get_meter("erpsync")
 REQUESTS = _meter.create_counter("erpsync.channel.requests", description="push requests by channel and outcome")
 DELIVERED = _meter.create_counter("erpsync.channel.delivered", description="values acknowledged, by channel and kind")
 LATENCY = _meter.create_histogram("erpsync.channel.latency", unit="ms",
-                                  description="source event to acknowledgement by the channel, per channel")
+                                  description="value handed to the channel's delivery -> acknowledged, per channel")
 
 
 # ----------------------------------------------------------------------------- values and fences
@@ -120,7 +122,8 @@ class Item:
     key: str
     body: dict[str, Any]  # the webhook item (format-independent; formats pick fields from it)
     fence: Fence
-    event_ms: int  # source event time it reflects (latency)
+    event_ms: int  # source event time it reflects (sync latency)
+    owed_at: float  # monotonic time it was handed over (delivery latency)
 
     @property
     def ref(self) -> Key:
@@ -131,10 +134,11 @@ def item_of(kind: Kind, value: dict[str, Any]) -> Item:
     """The item owed for an Availability or OrderStatus record (dicts shaped by the Avro schemas)."""
     if kind == "availability":
         body = {f: value[f] for f in ("sku", "ats", "status", "positions", "version", "event_time_ms")}
-        return Item(kind, value["sku"], body, fence_of(kind, value), int(value["event_time_ms"]))
+        return Item(kind, value["sku"], body, fence_of(kind, value), int(value["event_time_ms"]), time.monotonic())
     body = {f: value[f] for f in ("external_order_id", "order_id", "status", "reasons", "lines", "carriers",
                                   "tracking_numbers", "last_fact_ms", "version")}
-    return Item(kind, value["external_order_id"], body, fence_of(kind, value), int(value["last_fact_ms"]))
+    return Item(kind, value["external_order_id"], body, fence_of(kind, value), int(value["last_fact_ms"]),
+                time.monotonic())
 
 
 def idempotency_key(channel: str, items: Sequence[Item]) -> str:
@@ -245,6 +249,10 @@ class Breaker:
     async def _wait(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.changed.wait(), timeout)
+
+    def skip_probe(self) -> None:
+        """An admitted request was not sent after all: another may probe."""
+        self.probing = False
 
     def success(self) -> None:
         self.failures = 0
@@ -392,9 +400,10 @@ class Store:
         result: list[tuple[Item, bool]] = await self.run(q)
         return result
 
-    async def ack(self, items: Sequence[Item], idem: str) -> None:
+    async def ack(self, requests: Sequence[tuple[Sequence[Item], str]]) -> None:
+        """Persist what the platform accepted: (items, idempotency key) of one or more requests, one transaction."""
         rows = [(self.channel, i.kind, i.key, i.fence[0], i.fence[1], i.fence[2], Jsonb(i.body),
-                 i.body.get("ats"), idem) for i in items]
+                 i.body.get("ats"), idem) for items, idem in requests for i in items]
 
         async def q(conn: psycopg.AsyncConnection[Any]) -> None:
             async with conn.cursor() as cur:
@@ -521,7 +530,7 @@ class Delivery:
 
     def owed_keys(self) -> int:
         with self.lock:
-            return len(self.pending.keys() | self.inflight.keys())
+            return len(self.pending) + sum(1 for ref in self.inflight if ref not in self.pending)
 
     # -- the loop's side
 
@@ -529,12 +538,15 @@ class Delivery:
         self.loop = asyncio.get_running_loop()
         self.wake = asyncio.Event()
         self.breaker = Breaker(self.push.breaker_failures, self.push.breaker_reset_s, self._breaker_moved)
-        # One request of burst is kept in reserve so that network jitter never makes two requests
-        # arrive closer together than the platform allows.
-        capacity = max(1, self.push.burst - 1)
+        # A fifth of the burst (one request at least) is kept in reserve, and the rate is a little
+        # under the platform's, so that jitter between here and the platform's clock (a request
+        # delayed, the next one not) never makes requests arrive closer together than it allows.
+        capacity = max(1, self.push.burst - max(1, self.push.burst // 5))
         self.limiter = AsyncLimiter(capacity, capacity / (self.push.rate_per_s * RATE_HEADROOM))
         self.backoff = wait_exponential_jitter(multiplier=0.25, max=self.push.backoff_max_s, jitter=0.5)
         self.store = Store(self.settings, self.channel)
+        self.acks: list[tuple[Sequence[Item], str, float]] = []  # accepted, not yet persisted
+        self.acks_waiting = asyncio.Event()
         limits = httpx2.Limits(max_connections=self.push.concurrency, max_keepalive_connections=self.push.concurrency)
         self.client = httpx2.AsyncClient(timeout=self.push.timeout_s, limits=limits, trust_env=False)
         try:
@@ -547,6 +559,7 @@ class Delivery:
             async with asyncio.TaskGroup() as tasks:
                 for n in range(self.push.concurrency):
                     tasks.create_task(self._sender(), name=f"push-{self.channel}-{n}")
+                tasks.create_task(self._ack_writer())
                 tasks.create_task(self._every(self.settings.push.rescan_s, self.rescan))
                 tasks.create_task(self._every(self.settings.push.status_interval_s, self.write_status))
         finally:
@@ -585,17 +598,24 @@ class Delivery:
                 self.inflight[ref] = self.pending.pop(ref)
         return refs
 
+    def _has_work(self) -> bool:
+        with self.lock:
+            return any(ref not in self.inflight for ref in self.pending)
+
     async def _sender(self) -> None:
         while True:
-            refs = self._take()
-            if not refs:
+            if not self._has_work():
                 self.wake.clear()
-                refs = self._take()
-                if not refs:
+                if not self._has_work():
                     await self.wake.wait()
                     continue
+            await self._gate()  # the batch is taken once the request may go: it fills up meanwhile
+            refs = self._take()
+            if not refs:  # another sender took the work
+                self.breaker.skip_probe()
+                continue
             try:
-                await self._deliver(refs)
+                await self._deliver(refs, gated=True)
             except Exception:
                 # Not a platform outcome (a bug, or the ops database gone for good): give the keys back.
                 log.exception("channel %s: delivery of %d keys failed", self.channel, len(refs))
@@ -616,10 +636,20 @@ class Delivery:
             return exc.retry_after + random.uniform(0, 0.05)  # noqa: S311 - jitter, not a secret
         return float(self.backoff(state))
 
-    async def _deliver(self, refs: list[Key]) -> None:
+    async def _deliver(self, refs: list[Key], *, gated: bool = False) -> None:
         async for attempt in AsyncRetrying(retry=retry_if_exception_type(Transient), wait=self._wait, reraise=True):
             with attempt:
+                if not gated:
+                    await self._gate()
+                gated = False
                 await self._attempt(refs)
+
+    async def _gate(self) -> None:
+        """Wait until a request may go: the breaker admits it, no throttle pause, the rate limit has room."""
+        await self.breaker.admit()
+        while (pause := self.paused_until - time.monotonic()) > 0:
+            await asyncio.sleep(pause)
+        await self.limiter.acquire()
 
     def _newest(self, refs: Sequence[Key]) -> list[Item]:
         """The values to send now: a newer value that arrived during a backoff replaces the one in flight."""
@@ -630,10 +660,6 @@ class Delivery:
             return [self.inflight[ref] for ref in refs]
 
     async def _attempt(self, refs: list[Key]) -> None:
-        await self.breaker.admit()
-        while (pause := self.paused_until - time.monotonic()) > 0:
-            await asyncio.sleep(pause)
-        await self.limiter.acquire()
         items = self._newest(refs)
         idem = idempotency_key(self.channel, items)
         method, body = request_of(self.channel, self.push, items, idem)
@@ -652,7 +678,7 @@ class Delivery:
             self._pause(retry_after_s(response.headers))
         if 200 <= status < 300:
             self.breaker.success()
-            await self._acked(items, idem)
+            self._accepted(items, idem)
             REQUESTS.add(1, {"channel": self.channel, "outcome": "ok"})
             return
         if status == 429:
@@ -686,9 +712,36 @@ class Delivery:
         if seconds:
             self.paused_until = max(self.paused_until, time.monotonic() + seconds)
 
-    async def _acked(self, items: Sequence[Item], idem: str) -> None:
-        await self.store.ack(items, idem)
-        now = time.time() * 1000
+    def _accepted(self, items: Sequence[Item], idem: str) -> None:
+        """The platform took these values: persist, then release their keys (the sender goes on meanwhile)."""
+        self.acks.append((items, idem, time.monotonic()))
+        self.acks_waiting.set()
+
+    async def _ack_writer(self) -> None:
+        """Group commit: the acknowledgements of every request that finished meanwhile, in one transaction.
+
+        A key stays in flight until its acknowledgement is persisted: only then may a newer value of it
+        go out, so a restart never finds an older acknowledgement than what the platform holds.
+        """
+        while True:
+            await self.acks_waiting.wait()
+            self.acks_waiting.clear()
+            group, self.acks = self.acks, []
+            if not group:
+                continue
+            try:
+                await self.store.ack([(items, idem) for items, idem, _ in group])
+            except Exception:
+                log.exception("channel %s: persisting %d acknowledgements failed; the values are sent again",
+                              self.channel, sum(len(items) for items, _, _ in group))
+                self._release([i.ref for items, _, _ in group for i in items])
+            else:
+                for items, _, at in group:
+                    self._settle(items, at)
+            self.wake.set()
+
+    def _settle(self, items: Sequence[Item], at: float) -> None:
+        """Acknowledged (at: monotonic time of the platform's answer) and persisted: release the keys."""
         mono = time.monotonic()
         with self.lock:
             for item in items:
@@ -698,9 +751,10 @@ class Delivery:
                 if self.inflight.get(item.ref) is item:
                     del self.inflight[item.ref]
         for item in items:
-            ms = max(0.0, now - item.event_ms)
+            ms = max(0.0, (at - item.owed_at) * 1000)
             self.stats.latencies.append((mono, ms))
             LATENCY.record(ms, {"channel": self.channel})
+        telemetry.sink_latency("push", self.channel, (i.event_ms for i in items))  # source commit -> platform
         self.stats.delivered += len(items)
         newest = max(items, key=lambda i: i.event_ms)
         self.stats.last_position = {"kind": newest.kind, "key": newest.key, "erp": newest.fence[0],

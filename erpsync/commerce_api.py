@@ -70,7 +70,7 @@ class Platform:
             if rec["type"] == "request":
                 self.requests.append(rec["request"])
             elif rec["type"] == "accept":
-                self.accepted[rec["key"]] = rec["entry"]
+                self.accepted.update(rec["entries"])
             elif rec["type"] == "older":
                 self.older.append(rec["write"])
             elif rec["type"] == "response":
@@ -102,6 +102,7 @@ class Platform:
         """Accept writes (key, value, fence or None) at once; a fence older than the held one is a violation."""
         now = time.time()
         with self.lock:
+            entries = {}
             for key, value, fence in writes:
                 held = self.accepted.get(key)
                 if held is not None and fence is not None and held["fence"] is not None and _older(fence,
@@ -109,9 +110,9 @@ class Platform:
                     write = {"key": key, "fence": fence, "held_fence": held["fence"], "t": now}
                     self.older.append(write)
                     self._log({"type": "older", "write": write})
-                entry = {"value": value, "fence": fence, "t": now, "writes": (held or {}).get("writes", 0) + 1}
-                self.accepted[key] = entry
-                self._log({"type": "accept", "key": key, "entry": entry})
+                entries[key] = self.accepted[key] = {"value": value, "fence": fence, "t": now,
+                                                     "writes": (held or {}).get("writes", 0) + 1}
+            self._log({"type": "accept", "entries": entries})
             if idem:
                 self.responses[idem] = (status, body)
                 self._log({"type": "response", "idem": idem, "status": status, "body": body.decode()})
@@ -138,6 +139,7 @@ def _older(new: list[Any], held: list[Any]) -> bool:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: without this, +40 ms (delayed ACK)
     platform: Platform
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS sync.channel_status (
     in_flight        bigint NOT NULL,
     delivered        bigint NOT NULL,           -- values acknowledged since the engine started
     last_position    jsonb,                     -- source positions of the newest acknowledged value
-    latency_p50_ms   double precision,          -- source event -> acknowledged, last minute
+    latency_p50_ms   double precision,          -- handed to delivery -> acknowledged, last minute
     latency_p99_ms   double precision,
     requests_per_s   double precision,          -- last 10 s
     errors           jsonb NOT NULL DEFAULT '{}',   -- by kind, since the engine started
