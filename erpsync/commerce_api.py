@@ -49,6 +49,7 @@ class Platform:
         self.rate, self.burst = args.rate, args.burst
         self.fail_rate, self.hang_rate, self.hang_s = args.fail_rate, args.hang_rate, args.hang_s
         self.token = args.token
+        self.quiet_limits = args.quiet_limits
         self.reject_skus = set(filter(None, (args.reject_skus or "").split(",")))
         self.random = random.Random(args.seed)  # noqa: S311 - fault injection, not security
         self.lock = threading.Lock()
@@ -198,6 +199,8 @@ class Handler(BaseHTTPRequestHandler):
                   "X-Rate-Limit-Time-Window-Ms": str(int(1000 * p.burst / p.rate)),
                   "X-Rate-Limit-Time-Reset-Ms": str(math.ceil(next_token_s * 1000))}
         writes = _writes(body, webhook)
+        if p.quiet_limits:
+            limits.clear()
         if not allowed:
             p.record(arrived, 429, len(writes), idem, self.path)
             self._send(429, {"status": 429, "title": "Too many requests"},
@@ -263,6 +266,8 @@ def serve(argv: list[str] | None = None) -> None:
     parser.add_argument("--hang-s", type=float, default=30.0, help="how long a hung request holds its connection")
     parser.add_argument("--token", default=os.environ.get("COMMERCE_API_TOKEN"), help="expected token (or env)")
     parser.add_argument("--reject-skus", help="comma-separated SKUs answered 422")
+    parser.add_argument("--quiet-limits", action="store_true",
+                        help="no X-Rate-Limit-* headers until it throttles (a 429 with Retry-After only)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     Handler.platform = Platform(args)
@@ -288,7 +293,10 @@ class CommerceApi:
         self.options.update(options)
         args = [sys.executable, "-m", "erpsync.commerce_api", "--port", str(self.port), "--journal", str(self.journal)]
         for name, value in self.options.items():
-            args += [f"--{name.replace('_', '-')}", str(value)]
+            if value is True:
+                args.append(f"--{name.replace('_', '-')}")
+            elif value not in (False, None):
+                args += [f"--{name.replace('_', '-')}", str(value)]
         log = self.journal.with_suffix(".log").open("ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15

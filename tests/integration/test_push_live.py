@@ -42,7 +42,7 @@ RATE = 500  # WMS changes per second
 SECONDS = 70
 OUTAGE = (20, 50)  # seconds into the run: the platform is down
 BASE = 1000
-API_RATE, API_BURST = 20, 5
+API_RATE, API_BURST = 20, 10
 
 
 def test_push_under_load_failures_and_an_outage(settings: Settings, erp, wms, tmp_path: Path,  # type: ignore[no-untyped-def]
