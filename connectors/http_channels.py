@@ -493,6 +493,8 @@ class Delivery:
         self.inflight: dict[Key, Item] = {}
         self.acked: dict[Key, Fence] = {}
         self.rejected: dict[Key, Fence] = {}
+        self.rejected_at: dict[Key, float] = {}  # monotonic time of a rejection made by this process
+        self.unauthorized = False  # a 401/403 is outstanding (one channel-level exception)
         self.stats = Stats()
         self.ready = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -579,10 +581,12 @@ class Delivery:
 
     async def rescan(self) -> None:
         """Offer every latest value newer than what was acknowledged (and not rejected as it is)."""
+        started = time.monotonic()
         owed = await self.store.owed(self.push.sends)
         with self.lock:
             for item, clear in owed:
-                if clear:  # a replayed rejection: the key may be sent again
+                # a replayed rejection: the key may be sent again (unless it was rejected after the query)
+                if clear and self.rejected_at.get(item.ref, 0.0) < started:
                     self.rejected.pop(item.ref, None)
         self.offer(item for item, _ in owed)
 
@@ -678,6 +682,8 @@ class Delivery:
             self._pause(retry_after_s(response.headers))
         if 200 <= status < 300:
             self.breaker.success()
+            if self.unauthorized:
+                self._unauthorized(None, "")
             self._accepted(items, idem)
             REQUESTS.add(1, {"channel": self.channel, "outcome": "ok"})
             return
@@ -690,6 +696,11 @@ class Delivery:
         if status >= 500 or status == 408:
             self._failed(f"http_{status // 100}xx" if status >= 500 else "timeout", f"HTTP {status}")
         self.breaker.success()
+        if status in (401, 403):  # the credentials, not the values: nothing is marked rejected
+            self._count("unauthorized")
+            self._unauthorized(response, method)
+            self._pause(self.push.breaker_reset_s)
+            raise Transient("unauthorized", f"HTTP {status}", self.push.breaker_reset_s)
         self._count("rejected")
         if len(items) > 1:  # find the values the platform refuses: halves until they are alone
             half = len(refs) // 2
@@ -697,6 +708,32 @@ class Delivery:
             await self._deliver(refs[half:])
             return
         await self._rejected(items[0], method, body, idem, response)
+
+    def _unauthorized(self, response: httpx2.Response | None, method: str) -> None:
+        """Raise (response given) or resolve (None) the channel's channel_rejected exception for its credentials."""
+        if (response is not None) == self.unauthorized:
+            return
+        self.unauthorized = response is not None
+        now_ms = int(time.time() * 1000)
+        if response is not None:
+            reason = (f"{self.channel} refused the credentials: HTTP {response.status_code} "
+                      f"{' '.join(response.text.split())[:200]}; values stay owed, retried every "
+                      f"{self.push.breaker_reset_s:g}s")
+            detail = {"channel": self.channel, "auth": self.push.auth.type,
+                      "credentials_from": [n for n in (self.push.auth.token_env, self.push.auth.user_env,
+                                                       self.push.auth.password_env) if n],
+                      "request": {"method": method, "url": self.push.url},
+                      "response": {"status": response.status_code, "headers": dict(response.headers),
+                                   "body": _clip(response.text)}}
+            emit = exception("channel_rejected", "critical", "channel", f"{self.channel}/credentials", reason, detail,
+                             now_ms)
+        else:
+            emit = exception("channel_rejected", "critical", "channel", f"{self.channel}/credentials",
+                             f"{self.channel} accepts the credentials again", {"channel": self.channel}, now_ms,
+                             state="resolved")
+        log.warning("channel %s: %s", self.channel, emit.value["reason"])
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self.exceptions.write, [emit]))
+        task.add_done_callback(self._logged)
 
     def _failed(self, kind: str, message: str) -> NoReturn:
         self._count(kind)
@@ -784,6 +821,7 @@ class Delivery:
         log.warning("channel %s: %s", self.channel, reason)
         with self.lock:
             self.rejected[item.ref] = item.fence
+            self.rejected_at[item.ref] = time.monotonic()
             if self.inflight.get(item.ref) is item:
                 del self.inflight[item.ref]
 

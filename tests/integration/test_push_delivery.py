@@ -20,6 +20,7 @@ from connectors import http_channels, ops_db
 from connectors.http_channels import Engine
 from erpsync.commerce_api import CommerceApi
 from erpsync.settings import PushSettings, Settings
+from state import exception_id
 from state.ats import AVAILABILITY_SCHEMA
 from state.channels import Channel
 from state.order_status import ORDER_STATUS_SCHEMA
@@ -235,3 +236,35 @@ def test_a_dead_channel_slows_neither_the_dataflow_nor_other_channels(settings: 
     assert st["latency_p99_ms"] is not None and st["latency_p99_ms"] < 5_000
     accepted = api.state()["accepted"]
     assert all(accepted[f"availability/S{n}"]["value"] == 100_000 + n for n in range(2000))
+
+
+def test_refused_credentials_are_one_channel_exception_and_values_stay_owed(settings: Settings,
+                                                                            api: CommerceApi) -> None:
+    api.start(rate=50, burst=10)
+    ch = make_channel(api, breaker_reset_s=1)
+    e = Engine(settings, [ch], None, environ={"SHOP_TOKEN": "not-the-token"}).start()
+    try:
+        e.offer([av(ch.id, f"S{n}", n, 1) for n in range(30)])
+        exc_id = exception_id("channel_rejected", "channel", f"{ch.id}/credentials")
+        deadline = time.monotonic() + 20
+        while one_exception(settings, exc_id) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        state, reason, detail = one_exception(settings, exc_id)
+        assert state == "open" and "HTTP 401" in reason and detail["credentials_from"] == ["SHOP_TOKEN"]
+        assert "not-the-token" not in json.dumps(detail)
+        assert e.deliveries[ch.id].owed_keys() == 30  # nothing rejected, nothing lost
+        api.stop()
+        api.start(token="not-the-token")  # the fix: the platform and the channel agree again
+        wait_drained(e, ch.id, timeout_s=30)
+        deadline = time.monotonic() + 10
+        while one_exception(settings, exc_id)[0] != "resolved" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert one_exception(settings, exc_id)[0] == "resolved"
+    finally:
+        e.stop()
+    assert len(api.state()["accepted"]) == 30
+
+
+def one_exception(settings: Settings, exc_id: str) -> Any:
+    with ops_db.connect(settings) as conn:
+        return conn.execute("SELECT state, reason, detail FROM sync.exceptions WHERE id = %s", (exc_id,)).fetchone()
