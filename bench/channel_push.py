@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=10)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--outage", type=float, default=30.0)
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     args = parser.parse_args()
     settings = load_settings()
     ops_db.migrate(settings)

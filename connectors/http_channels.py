@@ -87,6 +87,7 @@ KIND_OF_SCHEMA: dict[str, Kind] = {AVAILABILITY_SCHEMA: "availability", ORDER_ST
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 RATE_HEADROOM = 0.98  # of the platform's rate: refills the platform's bucket after jitter used the reserve
 BODY_LIMIT = 16_000  # characters of a request or response body kept in an exception
+ORDER_STATUS_SHOWN = ("status", "order_id", "carriers", "tracking_numbers", "version")  # kept when acknowledged
 
 _meter = metrics.get_meter("erpsync")
 REQUESTS = _meter.create_counter("erpsync.channel.requests", description="push requests by channel and outcome")
@@ -402,7 +403,9 @@ class Store:
 
     async def ack(self, requests: Sequence[tuple[Sequence[Item], str]]) -> None:
         """Persist what the platform accepted: (items, idempotency key) of one or more requests, one transaction."""
-        rows = [(self.channel, i.kind, i.key, i.fence[0], i.fence[1], i.fence[2], Jsonb(i.body),
+        # availability: the ATS is what the platform holds (reconcile); order status: what it shows
+        rows = [(self.channel, i.kind, i.key, i.fence[0], i.fence[1], i.fence[2],
+                 None if i.kind == "availability" else Jsonb({f: i.body[f] for f in ORDER_STATUS_SHOWN}),
                  i.body.get("ats"), idem) for items, idem in requests for i in items]
 
         async def q(conn: psycopg.AsyncConnection[Any]) -> None:

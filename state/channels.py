@@ -56,7 +56,7 @@ class Push(BaseModel):
     batch_size: int = Field(default=50, ge=1, le=1000)
     rate_per_s: float = Field(default=2.0, gt=0)  # the platform's request limit
     burst: int = Field(default=1, ge=1)  # requests the platform allows at once beyond the rate
-    concurrency: int = Field(default=4, ge=1, le=64)  # requests in flight at once
+    concurrency: int = Field(default=8, ge=1, le=64)  # requests in flight at once (>= rate x platform latency)
     timeout_s: float = Field(default=10.0, gt=0)
     breaker_failures: int = Field(default=5, ge=1)  # consecutive failures that open the circuit breaker
     breaker_reset_s: float = Field(default=30.0, gt=0)  # open -> half-open (one probe request)

@@ -1,6 +1,6 @@
 """HTTP push on the live stack: `erpsync run` pushes availability to a commerce API process.
 
-500 WMS changes/s over 200 SKUs for 70 s, the platform failing 10% of requests with 500 and
+500 WMS changes/s over 200 SKUs for 60 s, the platform failing 10% of requests with 500 and
 hanging 2%, one SKU it does not know, and a 30 s outage in the middle. Every SKU's final ATS must
 reach the platform, no request may exceed its rate limit, no key may be overwritten by an older
 value, the breaker must open and close, and the exceptions must say what happened; a rejection
@@ -39,8 +39,8 @@ pytestmark = pytest.mark.integration
 
 SKUS = 200
 RATE = 500  # WMS changes per second
-SECONDS = 70
-OUTAGE = (20, 50)  # seconds into the run: the platform is down
+SECONDS = 60
+OUTAGE = (15, 45)  # seconds into the run: the platform is down
 BASE = 1000
 API_RATE, API_BURST = 20, 10
 

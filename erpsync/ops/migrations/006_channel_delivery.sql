@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS sync.channel_deliveries (
     acked_pos_erp          text,
     acked_pos_wms          text,
     acked_version          bigint,            -- NULL: nothing acknowledged yet
-    acked_value            jsonb,             -- the item as the platform accepted it
+    acked_value            jsonb,             -- order status: what the platform shows (status, tracking)
     acked_ats              bigint,            -- availability: the ATS the platform holds (reconcile)
     acked_idempotency_key  text,
     acked_at               timestamptz,
