@@ -192,9 +192,9 @@ class Handler(BaseHTTPRequestHandler):
     def _push(self, *, webhook: bool) -> None:
         p = self.platform
         arrived = time.time()
+        allowed, next_token_s, left = p.admit()  # first: judged as close to the arrival as this process can
         body = self._body()
         idem = self.headers.get("Idempotency-Key")
-        allowed, next_token_s, left = p.admit()
         limits = {"X-Rate-Limit-Requests-Left": str(left), "X-Rate-Limit-Requests-Quota": str(p.burst),
                   "X-Rate-Limit-Time-Window-Ms": str(int(1000 * p.burst / p.rate)),
                   "X-Rate-Limit-Time-Reset-Ms": str(math.ceil(next_token_s * 1000))}

@@ -268,3 +268,61 @@ def test_refused_credentials_are_one_channel_exception_and_values_stay_owed(sett
 def one_exception(settings: Settings, exc_id: str) -> Any:
     with ops_db.connect(settings) as conn:
         return conn.execute("SELECT state, reason, detail FROM sync.exceptions WHERE id = %s", (exc_id,)).fetchone()
+
+
+METRICS_SCRIPT = """
+import json, sys, time
+from pathlib import Path
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+from connectors.http_channels import Engine
+from erpsync.commerce_api import CommerceApi
+from erpsync.settings import load_settings
+from state.channels import Channel
+from state.ats import AVAILABILITY_SCHEMA
+from state.records import Emit
+port, journal, channel = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+api = CommerceApi(port, journal, rate=50, burst=10, fail_rate=0.3, seed=7).start()
+ch = Channel.model_validate({"id": channel, "outputs": {"push": {"url": api.url + "/webhook", "batch_size": 5,
+                                                                 "rate_per_s": 50, "burst": 10}}})
+e = Engine(load_settings(), [ch], None).start()
+now = int(time.time() * 1000)
+e.offer([Emit("t", f"S{n}", AVAILABILITY_SCHEMA, {"channel": channel, "sku": f"S{n}", "ats": n, "status": "active",
+         "positions": {"wms": "1"}, "version": 1, "event_time_ms": now}) for n in range(50)])
+d = e.deliveries[channel]
+while sum(d.counts()):
+    time.sleep(0.1)
+out = {}
+for rm in reader.get_metrics_data().resource_metrics:
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            for p in m.data.data_points:
+                attrs = dict(p.attributes)
+                if attrs.get("channel") != channel and attrs.get("topic") != channel:
+                    continue
+                key = m.name + "|" + ",".join(f"{k}={v}" for k, v in sorted(attrs.items()) if k != "channel")
+                out[key] = getattr(p, "value", None) if hasattr(p, "value") else p.count
+e.stop()
+api.stop()
+print(json.dumps(out))
+"""
+
+
+def test_push_metrics_reach_opentelemetry(settings: Settings, tmp_path: Path) -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    channel = f"otel-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run([sys.executable, "-c", METRICS_SCRIPT, str(free_port()), str(tmp_path / "api.jsonl"),
+                           channel], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["erpsync.channel.delivered|kind=availability"] == 50
+    assert got["erpsync.channel.latency|"] == 50  # one latency per value delivered
+    assert got["erpsync.channel.requests|outcome=ok"] >= 10  # 50 values in batches of 5
+    assert got.get("erpsync.channel.requests|outcome=http_5xx", 0) > 0  # 30% of requests failed
+    assert got["erpsync.sync.latency|sink=push,topic=" + channel] == 50
+    assert got["erpsync.channel.pending|"] == 0 and got["erpsync.channel.breaker|"] == 0

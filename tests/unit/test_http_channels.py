@@ -145,6 +145,7 @@ def test_retry_after_and_throttle_headers() -> None:
     assert retry_after_s(httpx2.Headers({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}),
                          now=1445412470.0) == pytest.approx(10.0)
     assert retry_after_s(httpx2.Headers({"X-Rate-Limit-Time-Reset-Ms": "250"})) == 0.25
+    assert retry_after_s(httpx2.Headers({"Retry-After": "1", "X-Rate-Limit-Time-Reset-Ms": "40"})) == 0.04
     assert retry_after_s(httpx2.Headers({})) is None
 
 
