@@ -35,7 +35,7 @@ from state.records import EXCEPTIONS_TOPIC
 from .conftest import Pipeline, read_to_end
 from .test_push_delivery import free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.last]
 
 SKUS = 200
 RATE = 500  # WMS changes per second
