@@ -90,7 +90,7 @@ WHERE o.version < excluded.version
 """
 
 
-_UPSERT_EXCEPTION = """
+UPSERT_EXCEPTION = """
 INSERT INTO sync.exceptions AS e (id, kind, severity, entity, business_key, reason, detail, source, first_seen_ms,
     last_seen_ms, occurrences, state, resolved_by, cleared_by, note)
 VALUES (%(id)s, %(kind)s, %(severity)s, %(entity)s, %(business_key)s, %(reason)s::text, %(detail)s,
@@ -234,7 +234,7 @@ def OrderStatusSink(settings: Settings) -> UpsertSink:  # noqa: N802
 
 def ExceptionSink(settings: Settings) -> UpsertSink:  # noqa: N802
     """SyncException records into sync.exceptions: one row per problem, occurrences counted once."""
-    return UpsertSink(settings, _UPSERT_EXCEPTION, exception_row)
+    return UpsertSink(settings, UPSERT_EXCEPTION, exception_row)
 
 
 def order_status_row(value: dict[str, Any]) -> dict[str, Any]:
@@ -252,7 +252,7 @@ def _latency(sink: str, items: list[Emit]) -> None:
 def write_exceptions(settings: Settings, records: list[Emit]) -> None:
     """SyncException records straight into sync.exceptions (operational ones: sink_unavailable)."""
     with connect(settings) as conn:
-        conn.cursor().executemany(_UPSERT_EXCEPTION, [exception_row(e.value) for e in records])
+        conn.cursor().executemany(UPSERT_EXCEPTION, [exception_row(e.value) for e in records])
         conn.commit()
 
 

@@ -135,7 +135,60 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     _needs(settings, "kafka", "redis", "ops", "erp")
     from erpsync import runner  # noqa: PLC0415 - bytewax is only imported for commands that run flows
 
-    runner.run(settings, SchemaRegistry.load())
+    try:
+        runner.run(settings, SchemaRegistry.load())
+    except ValueError as exc:  # a channel file or its push credentials: one line, no traceback
+        print(f"erpsync run: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _channels_status(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    from connectors.http_channels import status_rows  # noqa: PLC0415
+    from erpsync.channels import load_channels  # noqa: PLC0415
+
+    rows = status_rows(settings)
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+        return 0
+    pushing = {c.id for c in load_channels(settings.flows.channels_dir) if c.outputs.push}
+    table = Table(title="push channels (sync.channel_status, refreshed by `erpsync run`)")
+    for col in ("channel", "breaker", "pending", "in flight", "delivered", "last delivered position",
+                "latency p50/p99 ms", "requests/s", "errors by kind", "acked keys", "rejected keys",
+                "open exceptions", "updated"):
+        table.add_column(col, overflow="fold")
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
+    for r in rows:
+        pos = r["last_position"] or {}
+        where = (f"{pos['kind']} {pos['key']} erp {pos['erp'] or '-'} wms {pos['wms'] or '-'} v{pos['version']}"
+                 if pos else "-")
+        errors = ", ".join(f"{k} {n}" for k, n in sorted((r["errors"] or {}).items())) or "none"
+        table.add_row(r["channel"], r["breaker"], str(r["pending"]), str(r["in_flight"]), str(r["delivered"]), where,
+                      f"{ms(r['latency_p50_ms'])}/{ms(r['latency_p99_ms'])}", f"{r['requests_per_s']:.1f}", errors,
+                      str(r["acknowledged_keys"]), str(r["rejected_keys"]), str(r["open_exceptions"]),
+                      f"{r['age_s']:.0f}s ago")
+    Console().print(table)
+    missing = sorted(pushing - {r["channel"] for r in rows})
+    if missing:
+        print(f"no status yet (is `erpsync run` running?): {', '.join(missing)}")
+    return 0
+
+
+def _channels_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from connectors.http_channels import replay_rejected  # noqa: PLC0415
+
+    try:
+        keys = replay_rejected(settings, args.id)
+    except ValueError as exc:
+        print(f"erpsync channels replay: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.id}: {keys} key(s) released; the running pipeline sends their latest values at its next rescan")
     return 0
 
 
@@ -539,6 +592,15 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--reason", help="only those whose reason contains this text")
     dr.add_argument("--topic", help="only those from this original topic")
     dr.set_defaults(func=_dlq_replay)
+
+    ch_p = sub.add_parser("channels", help="HTTP push channels: delivery status, replay of rejections")
+    ch_sub = ch_p.add_subparsers(dest="action", required=True)
+    cs = ch_sub.add_parser("status", help="breaker, pending keys, last delivered position, latency, errors")
+    cs.add_argument("--json", action="store_true")
+    cs.set_defaults(func=_channels_status)
+    cr = ch_sub.add_parser("replay", help="send again what a channel_rejected exception held back (after a fix)")
+    cr.add_argument("id", help="the channel_rejected exception id")
+    cr.set_defaults(func=_channels_replay)
 
     reconcile.add_parser(sub)
     sub.choices["reconcile"].set_defaults(func=_reconcile)

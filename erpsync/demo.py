@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,8 @@ from rich.table import Table
 
 from connectors import ops_db
 from connectors.redis import client as redis_client
-from erpsync.channels import configured_channels
+from erpsync.channels import CHANNELS_DIR, configured_channels
+from erpsync.commerce_api import CommerceApi
 from erpsync.reconcile import reconcile, render
 from erpsync.settings import Settings
 from erpsync.simulate import Manifest, Workload
@@ -125,6 +127,7 @@ def run_demo(settings: Settings, registry: SchemaRegistry, console: Console | No
     # exceptions within the minute (defaults: hours).
     env = dict(os.environ, ERPSYNC_FLOWS__RECOVERY_DIR=str(work / "recovery"), ERPSYNC_FLOWS__CREDIT_SLA_S="2",
                ERPSYNC_FLOWS__STATUS_GRACE_S="2", ERPSYNC_FLOWS__ALLOCATION_SLA_S="60")
+    api = _push_setup(work, env)  # the marketplace pushes to a commerce API process (HTTP push)
     console.rule("[bold]erpsync demo")
     console.print("Starting the pipeline ([cyan]erpsync run[/]) against the local stack ...")
     log = (work / "run.log").open("wb")
@@ -176,14 +179,16 @@ def run_demo(settings: Settings, registry: SchemaRegistry, console: Console | No
         console.print(table)
 
         manifest = _orders(settings, registry, console, tag, orders, rate)
+        pushed = _push_view(settings, console, api, f"SKU-{tag}", manifest.tag)
     finally:
         pipeline.send_signal(signal.SIGINT)
         try:
             pipeline.wait(20)
         except subprocess.TimeoutExpired:
             pipeline.kill()
+        api.stop()
     checks = {"raw events": len(raw) >= 6, "canonical records": len(canonical) >= 5, "dead letter": len(dead) >= 1,
-              "ATS in Redis": None not in ats.values(), "orders finished": manifest.drained}
+              "ATS in Redis": None not in ats.values(), "orders finished": manifest.drained, "HTTP push": pushed}
     ok = all(checks.values())
     if not ok:
         console.print(f"[red]missing: {', '.join(name for name, good in checks.items() if not good)}")
@@ -322,3 +327,62 @@ def _text(value: Any) -> str:
 
 
 STATUS_ORDER = ("received", "accepted", "allocated", "partially_shipped", "shipped", "invoiced", "rejected")
+
+
+def _push_setup(work: Path, env: dict[str, str]) -> CommerceApi:
+    """The reference channels with an HTTP push output added to the marketplace, and its platform running.
+
+    The platform (erpsync.commerce_api) allows 10 requests/s and fails one request in ten with a 500,
+    so the delivery status shows retries.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    api = CommerceApi(port, work / "commerce-api.jsonl", token=token, rate=10, burst=5, fail_rate=0.1).start()
+    channels = work / "channels"
+    shutil.copytree(CHANNELS_DIR, channels)
+    with (channels / "marketplace.toml").open("a") as f:
+        f.write(f"""
+[outputs.push]
+url = "{api.url}/webhook"
+sends = ["availability", "order_status"]
+auth = {{ type = "bearer", token_env = "DEMO_MARKETPLACE_TOKEN" }}
+batch_size = 50
+rate_per_s = 10
+burst = 5
+""")
+    env.update(ERPSYNC_FLOWS__CHANNELS_DIR=str(channels), DEMO_MARKETPLACE_TOKEN=token)
+    return api
+
+
+def _push_view(settings: Settings, console: Console, api: CommerceApi, sku: str, order_tag: str) -> bool:
+    """7. What the marketplace's commerce API received, and the delivery status (erpsync channels status)."""
+    time.sleep(3)  # one status refresh (every 2 s) after the last values
+    held = api.state()
+    accepted = held["accepted"]
+    table = Table(title="7. HTTP push: what the marketplace's commerce API holds (erpsync.commerce_api, "
+                        "10 requests/s, 10% of requests fail)")
+    for col in ("key", "value the platform holds", "writes"):
+        table.add_column(col, overflow="fold")
+    shipped = [k for k, v in accepted.items() if k.startswith(f"order_status/{order_tag}")
+               and isinstance(v["value"], dict) and v["value"]["tracking_numbers"]]
+    for key in [f"availability/{sku}", *sorted(shipped)[:4]]:
+        if key in accepted:
+            table.add_row(key, json.dumps(accepted[key]["value"]), str(accepted[key]["writes"]))
+    console.print(table)
+    from connectors.http_channels import status_rows  # noqa: PLC0415 - bytewax only when it is shown
+
+    row = next((r for r in status_rows(settings) if r["channel"] == "marketplace"), None)
+    status = Table(title="Delivery status of the marketplace push (erpsync channels status)")
+    for col in ("breaker", "pending", "delivered", "latency p50/p99 ms", "requests/s", "errors by kind",
+                "platform: requests by status"):
+        status.add_column(col, overflow="fold")
+    if row is not None:
+        status.add_row(row["breaker"], str(row["pending"]), str(row["delivered"]),
+                       f"{row['latency_p50_ms'] or 0:.0f}/{row['latency_p99_ms'] or 0:.0f}",
+                       f"{row['requests_per_s']:.1f}",
+                       ", ".join(f"{k} {n}" for k, n in sorted(row["errors"].items())) or "none",
+                       ", ".join(f"{k} {n}" for k, n in sorted(held["by_status"].items())))
+    console.print(status)
+    return row is not None and row["delivered"] > 0 and f"availability/{sku}" in accepted

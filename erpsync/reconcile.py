@@ -87,6 +87,8 @@ KIND_HELP = {
                       "(the spec's status_mismatch)",
     "overship": "the WMS dispatched more than ordered on a line",
     "status_mismatch": "the ERP and the WMS disagree about the order otherwise",
+    "channel_mismatch": "the ATS a push channel last acknowledged differs from the recomputed ATS "
+                        "(absent: never acknowledged, read as 0)",
 }
 
 
@@ -341,6 +343,33 @@ def compare_inventory(expected: Mapping[tuple[str, str], Ats], redis_values: Map
         elif row["ats"] != exp.ats:
             findings.append(Finding("ats_mismatch_ops_db", "availability", key, exp.ats, row["ats"], detail))
     return InventoryResult(findings, pairs, accurate)
+
+
+def compare_push(expected: Mapping[tuple[str, str], Ats], acked: Mapping[tuple[str, str], int],
+                 push_channels: set[str]) -> list[Finding]:
+    """channel_mismatch: what each push channel last acknowledged (sync.channel_deliveries) vs the recomputed ATS."""
+    findings = []
+    for (channel, sku), exp in sorted(expected.items()):
+        if channel not in push_channels:
+            continue
+        told = acked.get((channel, sku))
+        if (0 if told is None else told) != exp.ats:
+            findings.append(Finding("channel_mismatch", "availability", f"{channel}/{sku}", exp.ats, told,
+                                    {"recomputed": asdict(exp), "acknowledged_ats": told}))
+    return findings
+
+
+def read_push_acks(settings: Settings, channels: Sequence[str], sku_like: str | None) -> dict[tuple[str, str], int]:
+    """(channel, sku) -> the ATS each push channel acknowledged (connectors.http_channels)."""
+    if not channels:
+        return {}
+    with ops_db.connect(settings) as conn:
+        exists = conn.execute("SELECT to_regclass('sync.channel_deliveries') IS NOT NULL").fetchone()
+        if not exists or not exists[0]:
+            return {}
+        return {(ch, sku): int(ats) for ch, sku, ats in conn.execute(
+            "SELECT channel, key, acked_ats FROM sync.channel_deliveries WHERE kind = 'availability'"
+            " AND acked_ats IS NOT NULL AND channel = ANY(%s) AND key LIKE %s", (list(channels), sku_like or "%"))}
 
 
 def _int_or_raw(raw: str) -> int | str:
@@ -926,6 +955,8 @@ def reconcile(settings: Settings, *, sku_like: str | None = None, order_like: st
     result = compare_orders(orders, intakes, published.order_status, ids, facts.now_ms,
                             int(settings.flows.credit_sla_s * 1000))
     findings = inventory.findings + result.findings
+    pushed = {c.id for c in channels if c.outputs.push is not None and "availability" in c.outputs.push.sends}
+    findings += compare_push(ats, read_push_acks(settings, sorted(pushed), sku_like), pushed)
     notes: list[str] = []
     if topic_records is not None:
         step("reading the channel topics")

@@ -21,7 +21,7 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from connectors import kafka, lifecycle, ops_db
+from connectors import http_channels, kafka, lifecycle, ops_db
 from connectors import redis as redis_store
 from connectors.erp_intake import IntakeWriter
 from connectors.files import DumpSource, RedisWrite, ReplaySink, dump_channels
@@ -192,6 +192,9 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
         mark_seeded(settings, token, SEED_STORES)
     log.info("running the pipeline on %s, %d worker(s), recovery in %s", settings.kafka.bootstrap_servers,
              settings.flows.workers, recovery)
+    # HTTP push channels (connectors.http_channels): availability and order status records are handed
+    # to the delivery engine, which never blocks the dataflow (one engine for every run of the dataflow).
+    push_sink = http_channels.PushSink(settings, channels, serialize)
     tune_gc()
     with lifecycle.stop_on_signals(), Watchdog(settings, token) as watchdog:
         while True:
@@ -201,7 +204,7 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
                     ops_db.migrate(settings)
             watchdog.reseeding(reseed)
             flow = _live_flow(settings, registry, channels, canonicalizer, input_channels, partitions, layout,
-                              serialize, reseed)
+                              serialize, push_sink, reseed)
             _execute(settings, flow, recovery)
             reseed = lifecycle.take_reseed()
             if not reseed:
@@ -211,7 +214,7 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
 
 def _live_flow(settings: Settings, registry: SchemaRegistry, channels: Sequence[Channel], canonicalizer: Canonicalizer,
                input_channels: list[str], partitions: dict[str, list[int]], layout: TopicLayout,
-               serialize: Serializer, reseed: frozenset[str]) -> Dataflow:
+               serialize: Serializer, push_sink: http_channels.PushSink, reseed: frozenset[str]) -> Dataflow:
     plan = OutputPlan.of(channels)
     kafka_off, to_redis = plan.kafka_off, plan.redis_channels
     to_kafka: list[Stream[Outgoing]] = []
@@ -222,9 +225,18 @@ def _live_flow(settings: Settings, registry: SchemaRegistry, channels: Sequence[
     def for_redis(e: Emit) -> bool:
         return e.schema == AVAILABILITY_SCHEMA and e.value["channel"] in to_redis
 
+    def push(step_id: str, stream: Stream[Emit], kind: http_channels.Kind) -> None:
+        if http_channels.pushes(channels, kind):
+            op.output(f"{step_id}_push", stream, push_sink)
+
     def stores(step_id: str, stream: Stream[Emit]) -> None:
         op.output(f"{step_id}_redis", op.filter(f"{step_id}_redis_channels", stream, for_redis), AtsSink(settings))
         op.output(f"{step_id}_ops_db", stream, AvailabilitySink(settings))
+        push(step_id, stream, "availability")
+
+    def order_status(step_id: str, stream: Stream[Emit]) -> None:
+        op.output(step_id, stream, OrderStatusSink(settings))
+        push(step_id, stream, "order_status")
 
     def emits(step_id: str, stream: Stream[Emit]) -> None:
         kept = op.filter(f"{step_id}_kafka_channels", stream, lambda e: e.topic not in kafka_off)
@@ -251,7 +263,7 @@ def _live_flow(settings: Settings, registry: SchemaRegistry, channels: Sequence[
         ignored=lambda step_id, s: op.output(step_id, s, IgnoredCounter()),
         availability=stores,
         order_intake=lambda step_id, s: op.output(step_id, s, IntakeWriter(settings)),
-        order_status=lambda step_id, s: op.output(step_id, s, OrderStatusSink(settings)),
+        order_status=order_status,
         exceptions=lambda step_id, s: op.output(step_id, s, ExceptionSink(settings)),
         reseed=reseeds,
     )

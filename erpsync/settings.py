@@ -222,6 +222,16 @@ class TelemetrySettings(BaseModel):
     trace_sample: float = Field(default=0.01, ge=0, le=1)  # share of canonical events traced
 
 
+class PushSettings(BaseModel):
+    """HTTP push delivery to channels (connectors.http_channels); per-channel limits are in the channel files."""
+
+    model_config = _FROZEN
+    # Re-derive what each push channel is owed from the ops database this often: a safety net for
+    # values handed over before a crash, and how a replayed channel_rejected exception is picked up.
+    rescan_s: float = Field(default=30.0, gt=0)
+    status_interval_s: float = Field(default=2.0, gt=0)  # sync.channel_status refresh
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="ERPSYNC_", env_nested_delimiter="__", frozen=True, extra="ignore"
@@ -238,6 +248,7 @@ class Settings(BaseSettings):
     flows: FlowSettings = FlowSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     cli: CliSettings = CliSettings()
+    push: PushSettings = PushSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -9,7 +9,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class IntakePolicy(BaseModel):
@@ -20,11 +20,64 @@ class IntakePolicy(BaseModel):
     intake_ttl_s: int = Field(default=900, gt=0)
 
 
+class PushAuth(BaseModel):
+    """Credentials of a push output, read from the environment by variable name (never from the file)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    type: Literal["none", "bearer", "basic", "header"] = "none"
+    token_env: str | None = None  # bearer, header: the variable holding the token
+    user_env: str | None = None  # basic
+    password_env: str | None = None  # basic
+    header: str = "X-Auth-Token"  # header: the header carrying the token (BigCommerce's by default)
+
+    @model_validator(mode="after")
+    def _names_given(self) -> PushAuth:
+        needed = {"none": (), "bearer": ("token_env",), "header": ("token_env",),
+                  "basic": ("user_env", "password_env")}[self.type]
+        missing = [name for name in needed if not getattr(self, name)]
+        if missing:
+            raise ValueError(f"auth type {self.type} needs {', '.join(missing)} (an environment variable name)")
+        return self
+
+
+class Push(BaseModel):
+    """An HTTP push output (spec section 12): what a commerce platform's API is sent, and how fast.
+
+    format: "webhook" (generic JSON, availability and order status) or "bigcommerce" (the BigCommerce
+    batch absolute inventory adjustment, availability only). Delivery is governed by
+    connectors.http_channels.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    url: str = Field(pattern=r"^https?://")
+    sends: tuple[Literal["availability", "order_status"], ...] = ("availability",)
+    format: Literal["webhook", "bigcommerce"] = "webhook"
+    auth: PushAuth = PushAuth()
+    batch_size: int = Field(default=50, ge=1, le=1000)
+    rate_per_s: float = Field(default=2.0, gt=0)  # the platform's request limit
+    burst: int = Field(default=1, ge=1)  # requests the platform allows at once beyond the rate
+    concurrency: int = Field(default=8, ge=1, le=64)  # requests in flight at once (>= rate x platform latency)
+    timeout_s: float = Field(default=10.0, gt=0)
+    breaker_failures: int = Field(default=5, ge=1)  # consecutive failures that open the circuit breaker
+    breaker_reset_s: float = Field(default=30.0, gt=0)  # open -> half-open (one probe request)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    location_id: int = 1  # bigcommerce: the inventory location the channel's ATS is set on
+
+    @model_validator(mode="after")
+    def _shape_fits(self) -> Push:
+        if not self.sends:
+            raise ValueError("push: sends must name availability, order_status or both")
+        if self.format == "bigcommerce" and "order_status" in self.sends:
+            raise ValueError("push: the bigcommerce format carries availability only; use webhook for order status")
+        return self
+
+
 class Outputs(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     kafka: bool = True
     redis: bool = True
     format: Literal["avro", "json"] = "avro"
+    push: Push | None = None
 
 
 class Channel(BaseModel):

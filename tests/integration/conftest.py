@@ -31,6 +31,16 @@ from schemas.registry import SchemaRegistry, make_value_deserializer
 pytestmark = pytest.mark.integration
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `last` after all others: a fresh pipeline re-reads the history they leave.
+
+    test_push_live writes 30,000 WMS changes; a fresh pipeline started after it re-reads them, and
+    the intake desk then decided orders on stock it had not read yet (test_reconcile_live failed,
+    on this branch and on its base alike).
+    """
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     s = load_settings()

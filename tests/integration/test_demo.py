@@ -86,3 +86,9 @@ def test_make_demo_on_a_fresh_stack_home_runs_to_the_end(tmp_path: Path) -> None
     # ending with the reconciliation report
     report = out.split("erpsync reconcile run")[1]
     assert "inventory accuracy" in report and "100.00%" in report and "invoice_discrepancy" in report
+    # the marketplace pushed to its commerce API process: the demo SKU's ATS and shipped orders' tracking
+    push = out.split("7. HTTP push")[1].split("Delivery status of the marketplace push")[0]
+    assert "availability/SKU-DEMO" in push and "│ 62 " in push
+    assert "tracking" not in push or "order_status/" in push
+    status = out.split("Delivery status of the marketplace push")[1]
+    assert "closed" in status or "open" in status

@@ -122,7 +122,7 @@ def test_a_dead_letter_lands_after_its_mapping_is_added_and_its_exception_turns_
 
 def test_the_queue_follows_an_exceptions_life_in_event_time(settings: Settings) -> None:
     """Raised, resolved by the pipeline (naming the clearing fact), raised again; late records change nothing."""
-    from connectors.ops_db import _UPSERT_EXCEPTION, connect, exception_row  # noqa: PLC0415
+    from connectors.ops_db import UPSERT_EXCEPTION, connect, exception_row  # noqa: PLC0415
     from state import exception  # noqa: PLC0415
 
     key = unique("life")
@@ -132,7 +132,7 @@ def test_the_queue_follows_an_exceptions_life_in_event_time(settings: Settings) 
     def write(*records: Any) -> dict[str, Any]:
         with connect(settings) as conn:
             for r in records:
-                conn.execute(_UPSERT_EXCEPTION, exception_row(r.value))
+                conn.execute(UPSERT_EXCEPTION, exception_row(r.value))
             conn.commit()
             row = conn.execute("SELECT state, occurrences, resolved_by, cleared_by, note, first_seen_ms, last_seen_ms"
                                " FROM sync.exceptions WHERE id = %s", (records[0].key,)).fetchone()
