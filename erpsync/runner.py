@@ -278,7 +278,7 @@ def _has_schema(schema: str, e: Emit) -> bool:
 
 
 def _execute(settings: Settings, flow: Dataflow, recovery: Path) -> None:
-    """Run the dataflow until its inputs end (a stop) or it fails; a sink that gave up at a stop is a stop."""
+    """Run the dataflow until its inputs end (a stop) or it fails (a second Ctrl-C is a stop)."""
     try:
         cli_main(
             flow,
@@ -287,13 +287,8 @@ def _execute(settings: Settings, flow: Dataflow, recovery: Path) -> None:
             recovery_config=RecoveryConfig(recovery),
         )
     except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
-        causes = _causes(exc)
-        if any(isinstance(c, KeyboardInterrupt) for c in causes):
+        if any(isinstance(c, KeyboardInterrupt) for c in _causes(exc)):
             log.info("interrupted: no final snapshot; the next start resumes from the one before")
-            return
-        if any(isinstance(c, lifecycle.Stopping) for c in causes) and lifecycle.stop_requested():
-            log.info("stopped while a sink was waiting (%s); the next start resumes from the last snapshot",
-                     next(str(c) for c in causes if isinstance(c, lifecycle.Stopping)))
             return
         raise
 

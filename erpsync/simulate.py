@@ -736,7 +736,12 @@ class Workload:
             producer.produce(ORDERS_TOPIC, key=plan.key.encode(),
                              value=json.dumps(plan.doc, separators=(",", ":")).encode(), on_delivery=delivered)
             producer.poll(0)
-        left = producer.flush(30)
+        # A storefront keeps its orders until Kafka has them (an outage is waited out, up to librdkafka's
+        # message.timeout.ms), playing the ERP and the WMS meanwhile.
+        deadline = time.monotonic() + 300
+        while (left := producer.flush(1)) and time.monotonic() < deadline:
+            if on_idle is not None:
+                on_idle()
         if left or self._delivery_errors:
             raise RuntimeError(f"{left} orders not delivered to {ORDERS_TOPIC}; errors: {self._delivery_errors[:5]}")
 

@@ -1028,6 +1028,10 @@ def connect_worker_properties(settings: Settings) -> dict[str, str]:
         "offset.storage.replication.factor": "1",
         "status.storage.replication.factor": "1",
         "offset.flush.interval.ms": "1000",
+        # After losing its Kafka coordinator (a broker outage), a worker's connectors are held back for
+        # this long waiting for the "lost" worker (default 5 minutes, capture stopped meanwhile):
+        # with one worker, or workers that restart quickly, give them back at once.
+        "scheduled.rebalance.max.delay.ms": "0",
         "listeners": f"http://{c.host}:{c.port}",
         "rest.advertised.host.name": c.host,
         "rest.advertised.port": str(c.port),
