@@ -1063,6 +1063,8 @@ def connector_env(settings: Settings) -> dict[str, str]:
         "ERPSYNC_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "ERPSYNC_KAFKA_SECURITY_PROTOCOL": settings.kafka.security_protocol,
         "ERPSYNC_KAFKA_SSL_CA_LOCATION": str(settings.kafka.ssl_ca_location or ""),
+        # raw change topics are created by Connect with this many partitions (keyed by row)
+        "ERPSYNC_KAFKA_PARTITIONS": str(settings.kafka.partitions),
         "ERPSYNC_CONNECT_KAFKA_USER": settings.connect.kafka_user,
         "ERPSYNC_CONNECT_KAFKA_PASSWORD": settings.connect.kafka_password.get_secret_value(),
     })
