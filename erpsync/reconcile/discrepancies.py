@@ -16,11 +16,7 @@ from erpsync.reconcile.facts import ErpOrder
 from erpsync.reconcile.findings import Finding
 
 COMMITTING_ORDER_STATUSES = frozenset({"entered", "released", "on_hold", "allocated"})
-
-
 ERP_SHIPPED = frozenset({"shipped", "invoiced", "closed"})
-
-
 CENT = Decimal("0.01")
 
 

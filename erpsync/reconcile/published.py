@@ -31,16 +31,12 @@ SELECT channel, sku, ats, on_hand, allocated, in_transit, committed_open, intake
 FROM sync.availability
 WHERE sku LIKE %s
 """
-
-
 _OPS_ORDER_STATUS = """
 SELECT channel, external_order_id, order_id, status, reasons, lines, carriers, tracking_numbers, last_fact_ms,
        written_at
 FROM sync.order_status
 WHERE external_order_id LIKE %s
 """
-
-
 # Source commit -> sink write, per sink and overall (ROLLUP's NULL row); percentile_disc is nearest rank.
 _OPS_LATENCY = """
 WITH samples AS (
@@ -58,8 +54,6 @@ SELECT coalesce(sink, 'all'), count(*),
 FROM samples
 GROUP BY ROLLUP (sink)
 """
-
-
 # Exceptions are in scope by their business key: "<channel>/<sku>" (availability), "<sku>" (item),
 # "<channel>/<external order id>[/...]" (orders); other entities only when nothing is filtered.
 _OPS_SCOPE = """
@@ -70,11 +64,7 @@ CASE
     ELSE %(unfiltered)s
 END
 """
-
-
 _OPS_OPEN_EXCEPTIONS = f"SELECT kind, count(*) FROM sync.exceptions WHERE state = 'open' AND {_OPS_SCOPE} GROUP BY kind"
-
-
 _OPS_EXCEPTION_ORDERS = """
 SELECT DISTINCT split_part(business_key, '/', 1) || '/' || split_part(business_key, '/', 2)
 FROM sync.exceptions

@@ -28,7 +28,6 @@ from state.channels import Channel
 
 log = logging.getLogger(__name__)
 
-
 STEPS = ("reading the ERP and the WMS", "reading the ops database and Redis", "recomputing and comparing",
          "reading the channel topics", "storing the run")
 
@@ -108,8 +107,6 @@ INSERT INTO sync.reconciliation_runs (started_at, finished_at, scope, kpis, accu
 VALUES (%s, %s, %s, %s, %s, %s, %s)
 RETURNING id
 """
-
-
 _COPY_FINDINGS = """
 COPY sync.reconciliation_findings (run_id, seq, kind, entity, business_key, expected, actual, detail) FROM STDIN
 """

@@ -47,8 +47,6 @@ def wms_snapshot(settings: Settings) -> Any:
 
 
 _ERP_ITEMS = "SELECT sku, safety_stock, status FROM erp.items WHERE sku LIKE %s"
-
-
 _ERP_COMMITTING_LINES = """
 SELECT l.order_id, l.line_no, l.sku, l.qty
 FROM erp.sales_order_lines l
@@ -57,8 +55,6 @@ WHERE l.status = 'open'
   AND o.status IN ('entered', 'released', 'on_hold', 'allocated')
   AND l.sku LIKE %s
 """
-
-
 # Lines of intakes the ERP has neither imported nor failed; the TTL is applied in Python, per channel.
 _ERP_PENDING_INTAKE = """
 SELECT i.channel, i.external_order_id, line->>'sku', (line->>'qty')::bigint,
@@ -70,11 +66,7 @@ WHERE i.status = 'pending'
                   WHERE o.channel = i.channel AND o.external_order_id = i.external_order_id)
   AND line->>'sku' LIKE %s
 """
-
-
 _WMS_BALANCES = "SELECT sku, location, on_hand, allocated, in_transit FROM inventory_balances WHERE sku LIKE %s"
-
-
 _WMS_ALLOCATED = """
 SELECT order_id, line_no, SUM(qty)
 FROM allocations
@@ -108,53 +100,37 @@ SELECT order_id, channel, external_order_id, status, order_total
 FROM erp.sales_orders
 WHERE external_order_id LIKE %s
 """
-
-
 _ERP_ORDER_LINES = """
 SELECT l.order_id, l.line_no, l.sku, l.qty, l.unit_price, l.status
 FROM erp.sales_order_lines l
 JOIN erp.sales_orders o USING (order_id)
 WHERE o.external_order_id LIKE %s
 """
-
-
 _ERP_INVOICES = """
 SELECT i.order_id, i.invoice_id, i.invoice_total, i.freight_total
 FROM erp.invoices i
 JOIN erp.sales_orders o USING (order_id)
 WHERE o.external_order_id LIKE %s
 """
-
-
 _ERP_CREDITS = """
 SELECT c.order_id, c.credit_memo_id, c.rma_id, c.amount
 FROM erp.credit_memos c
 JOIN erp.sales_orders o USING (order_id)
 WHERE o.external_order_id LIKE %s
 """
-
-
 _ERP_INTAKES = "SELECT channel, external_order_id FROM erp.order_intake WHERE external_order_id LIKE %s"
-
-
 _WMS_ORDER_ALLOCATIONS = "SELECT order_id, line_no, qty, status FROM allocations WHERE order_id IN %s"
-
-
 _WMS_SHIPMENTS = """
 SELECT shipment_id, order_id, carrier, tracking_no, status, freight_cost
 FROM shipments
 WHERE order_id IN %s
 """
-
-
 _WMS_SHIPMENT_LINES = """
 SELECT s.order_id, l.shipment_id, l.line_no, l.qty
 FROM shipment_lines l
 JOIN shipments s USING (shipment_id)
 WHERE s.order_id IN %s
 """
-
-
 _WMS_RETURNS = "SELECT rma_id, order_id, line_no, qty, received_at FROM returns WHERE order_id IN %s"
 
 
