@@ -1,4 +1,4 @@
-"""The faults a run injects.
+"""The faults a run injects, and how an amount is made wrong.
 
 Intake faults (spec section 6 reason codes, plus a duplicate submission) are decided when an order
 is planned (``scenario``) and sent as they are. Downstream faults (spec section 9 kinds, plus a
@@ -11,6 +11,7 @@ one actually injected. Pure.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 
 DUPLICATE = "duplicate"  # sent twice; accepted once, not a rejection
 # Intake faults (spec section 6 reason codes, plus duplicate) and their relative weights.
@@ -25,3 +26,7 @@ DOWNSTREAM_FAULTS: Mapping[str, int] = {
 }
 IMPORT_FAILED = "import_failed"
 
+
+def off_by(amount: Decimal, delta: Decimal) -> Decimal:
+    """An amount made wrong by delta, and still positive (a delta that would cross zero is added instead)."""
+    return amount + delta if amount + delta > 0 else amount + abs(delta)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from erpsync.simulate.faults import off_by
 from erpsync.simulate.money import money
 from erpsync.simulate.scenario import OrderPlan, Scenario
 from erpsync.simulate.systems import Systems
@@ -48,7 +49,7 @@ class Finance:
             total, freight_total = order_total, freight.get(order_id, Decimal("0.00"))
             kind = plan.downstream if plan else None
             if plan is not None and kind == "invoice_discrepancy":
-                total = order_total + plan.delta if order_total + plan.delta > 0 else order_total + abs(plan.delta)
+                total = off_by(order_total, plan.delta)
             elif plan is not None and kind == "freight_discrepancy":
                 freight_total = freight_total + abs(plan.delta)  # a carrier surcharge billed, not in the WMS
             with erp.transaction():
@@ -125,7 +126,7 @@ class Finance:
             expected = money(ret.qty * unit_price)
             amount = expected
             if plan.downstream == "credit_discrepancy":
-                amount = expected + plan.delta if expected + plan.delta > 0 else expected + abs(plan.delta)
+                amount = off_by(expected, plan.delta)
                 self.manifest.downstream[plan.key] = "credit_discrepancy"
                 self.manifest.details[plan.key] = {"rma_id": rma_id, "expected": str(expected),
                                                    "credited": str(amount)}
