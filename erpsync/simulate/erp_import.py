@@ -16,8 +16,7 @@ from typing import Any
 
 from erpsync.simulate.faults import IMPORT_FAILED
 from erpsync.simulate.money import money
-from erpsync.simulate.scenario import Scenario
-from erpsync.simulate.systems import Systems
+from erpsync.simulate.systems import Role
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +69,8 @@ def parse_intake_payload(payload: Any) -> IntakeOrder:
     return order
 
 
-class ErpImporter:
+class ErpImporter(Role):
     """Imports a run's pending intakes into the ERP, as its order import would."""
-
-    def __init__(self, systems: Systems, scenario: Scenario) -> None:
-        self.systems = systems
-        self.scenario = scenario
-        self.manifest = scenario.manifest
 
     def import_pending(self) -> int:
         """Import this run's pending ``erp.order_intake`` rows as sales orders (status 'entered').

@@ -11,17 +11,12 @@ from decimal import Decimal
 
 from erpsync.simulate.faults import off_by
 from erpsync.simulate.money import money
-from erpsync.simulate.scenario import OrderPlan, Scenario
-from erpsync.simulate.systems import Systems
+from erpsync.simulate.scenario import OrderPlan
+from erpsync.simulate.systems import Role
 
 
-class Finance:
+class Finance(Role):
     """The ERP's back office for a run's orders: invoices, returns, credit memos."""
-
-    def __init__(self, systems: Systems, scenario: Scenario) -> None:
-        self.systems = systems
-        self.scenario = scenario
-        self.manifest = scenario.manifest
 
     def step(self) -> int:
         """Invoice shipped orders, credit earlier returns, receive planned returns of invoiced orders.

@@ -11,18 +11,13 @@ import json
 import logging
 import time
 
-from erpsync.simulate.scenario import Scenario
-from erpsync.simulate.systems import Systems
+from erpsync.simulate.systems import Role
 
 log = logging.getLogger(__name__)
 
 
-class MasterData:
+class MasterData(Role):
     """Seeds the run's catalog into the ERP and the WMS and waits for the pipeline to read it."""
-
-    def __init__(self, systems: Systems, scenario: Scenario) -> None:
-        self.systems = systems
-        self.scenario = scenario
 
     def seed(self) -> None:
         """Insert the catalog: customers, items, price lists (ERP) and stock (WMS). Idempotent."""

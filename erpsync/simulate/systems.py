@@ -2,8 +2,9 @@
 
 Every role works through one ``Systems``: the ERP connection (autocommit; a transaction where a step
 needs one), the WMS connection with ``wms_tx`` (one transaction per step), the sequence every id the
-workload allocates comes from, and the run's pattern of external order ids. The database drivers
-are imported on first use, so the pure modules (the scenario, its unit tests) need none.
+workload allocates comes from, and the run's pattern of external order ids; each role is a ``Role``
+over that ``Systems`` and the run's ``Scenario``. The database drivers are imported on first use,
+so the pure modules (the scenario, its unit tests) need none.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from erpsync.settings import Settings
+from erpsync.simulate.scenario import Scenario
 
 # Ids the workload allocates (orders, invoices, credit memos, shipments) come from one sequence that
 # starts above 32 bits: far from hand-written test ids, and a truncation to int32 anywhere shows.
@@ -83,3 +85,12 @@ class Systems:
         """Move an ERP order from status old to new (nothing when it is in another status)."""
         self.erp().execute("UPDATE erp.sales_orders SET status = %s, updated_at = now()"
                            " WHERE order_id = %s AND status = %s", (new, order_id, old))
+
+
+class Role:
+    """A part the workload plays on the ERP and the WMS (import, WMS, back office, master data), for one run."""
+
+    def __init__(self, systems: Systems, scenario: Scenario) -> None:
+        self.systems = systems
+        self.scenario = scenario
+        self.manifest = scenario.manifest

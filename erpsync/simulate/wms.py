@@ -15,8 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from erpsync.simulate.money import split_cents
-from erpsync.simulate.scenario import Scenario
-from erpsync.simulate.systems import Systems
+from erpsync.simulate.systems import Role
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +40,8 @@ class _Allocation:
     status: str
 
 
-class Warehouse:
+class Warehouse(Role):
     """Fulfils a run's ERP orders in the WMS; the ERP follows."""
-
-    def __init__(self, systems: Systems, scenario: Scenario) -> None:
-        self.systems = systems
-        self.scenario = scenario
-        self.manifest = scenario.manifest
 
     def step(self) -> int:
         """Move each of this run's ERP orders one WMS stage on; the ERP follows.
