@@ -160,14 +160,7 @@ def play(work: Workload, orders: int, rate: float, timeout_s: float, started: th
 
 def reconnect(work: Workload) -> None:
     """Drop the workload's database connections (broken by an outage); it connects again on next use."""
-    for name in ("_erp_conn", "_wms_conn"):
-        conn = getattr(work, name)
-        setattr(work, name, None)
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:  # noqa: BLE001 - already broken
-                log.debug("closing a broken connection failed", exc_info=True)
+    work.systems.reconnect()
 
 
 def duplicates(settings: Settings, registry: SchemaRegistry, topics: list[str], since_ms: int, tag: str
