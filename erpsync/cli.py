@@ -87,9 +87,9 @@ def _stack_down(settings: Settings, args: argparse.Namespace) -> int:
 
 def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
     rows = stack.status(settings)
-    pipeline = stack.pipeline_health(settings)
+    processes = stack.pipeline_health(settings)
     if args.json:
-        print(json.dumps(rows if pipeline is None else [*rows, {"component": "pipeline", **pipeline}], indent=2))
+        print(json.dumps([*rows, *({"component": "pipeline", **p} for p in processes)], indent=2))
     else:
         for row in rows:
             print(f"{row['component']:<9} {row['state']:<10} pid={row['pid'] or '-':<8} "
@@ -100,10 +100,10 @@ def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"  subjects registered: {row['subjects'] if row['subjects'] is not None else '?'}")
             for slot, lag in row.get("replication_slots", {}).items():
                 print(f"  replication slot {slot}: lag {lag if lag is not None else '?'} bytes")
-        if pipeline is not None:  # informational: the pipeline is not part of the stack
+        for pipeline in processes:  # informational: the pipeline is not part of the stack
             down = {n: s for n, s in pipeline["sinks"].items() if not s["up"]}
             print(f"{'pipeline':<9} {'waiting' if down else 'running':<10} pid={pipeline['pid']:<8} "
-                  f"recovery {settings.recovery_dir}")
+                  f"process {pipeline['process']}, recovery {settings.recovery_dir}")
             for name, sink in sorted(pipeline["sinks"].items()):
                 since = datetime.fromtimestamp(sink["since_ms"] / 1000, UTC).strftime("%H:%M:%S")
                 state = "up" if sink["up"] else f"unavailable since {since} UTC ({sink['error']}); retrying"

@@ -73,16 +73,18 @@ def status(settings: Settings) -> list[dict[str, Any]]:
     return [component.describe() for component in all_components(settings)]
 
 
-def pipeline_health(settings: Settings) -> dict[str, Any] | None:
-    """What the pipeline (`erpsync run` with this recovery directory) reports of its sinks, if it runs.
+def pipeline_health(settings: Settings) -> list[dict[str, Any]]:
+    """What each running pipeline process (`erpsync run` with this recovery directory) reports of its sinks.
 
-    The pipeline writes ``health.json`` beside its recovery store (connectors.resilience.HEALTH) on
-    every change of a sink's state; None when no pipeline ever ran there, or it is not running.
+    Process k writes ``health-<k>.json`` beside its recovery store (connectors.resilience.HEALTH) on
+    every change of a sink's state; a process that is not running (its pid gone) is left out.
     """
-    path = settings.recovery_dir / "health.json"
-    try:
-        doc: dict[str, Any] = json.loads(path.read_text())
-        os.kill(int(doc["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return doc
+    running = []
+    for path in sorted(settings.recovery_dir.glob("health-*.json")):
+        try:
+            doc: dict[str, Any] = json.loads(path.read_text())
+            os.kill(int(doc["pid"]), 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        running.append({"process": path.stem.removeprefix("health-"), **doc})
+    return running

@@ -55,7 +55,8 @@ def test_kill_9_and_restart_never_goes_backwards(settings: Settings, erp, wms, s
         stop.set()
         watcher.join()
         run.stop()
-    assert latest_on_topics(settings, set(skus), started_ms) == truth(settings, skus)
+    final = truth(settings, skus)
+    assert latest_on_topics(settings, set(skus), started_ms, final) == final
     for key in seen[0]:
         values = [s[key] for s in seen if s[key] is not None]
         assert values == sorted(values), f"{key} went backwards: {values}"

@@ -23,4 +23,4 @@ def test_wms_update_reaches_redis_and_topics(pipeline: Pipeline, settings: Setti
     expected = wait_for_truth(settings, store, [sku])
     # (40 - 5) + 20 - safety 2 = 53 everywhere; the marketplace sees DC-EAST only, 80%: floor(33 * 0.8) = 26
     assert expected == {("b2b-portal", sku): 53, ("inside-sales", sku): 53, ("marketplace", sku): 26}
-    assert latest_on_topics(settings, {sku}, started_ms) == expected
+    assert latest_on_topics(settings, {sku}, started_ms, expected) == expected

@@ -39,11 +39,13 @@ def free_ports(n: int) -> list[int]:
 def test_make_demo_on_a_fresh_stack_home_runs_to_the_end(tmp_path: Path) -> None:
     home = Path(tempfile.mkdtemp(prefix="erpsync-fresh-home-"))
     assert not any(home.iterdir())
-    kafka, controller, connect, postgres, mariadb, redis = free_ports(6)
+    kafka, controller, connect, postgres, ops, mariadb, redis, registry = free_ports(8)
     env = {**os.environ, "COLUMNS": "160", "ERPSYNC_STACK__HOME": str(home),
            "ERPSYNC_KAFKA__PORT": str(kafka), "ERPSYNC_KAFKA__CONTROLLER_PORT": str(controller),
            "ERPSYNC_CONNECT__PORT": str(connect), "ERPSYNC_ERP__PORT": str(postgres),
-           "ERPSYNC_OPS__PORT": str(postgres), "ERPSYNC_WMS__PORT": str(mariadb), "ERPSYNC_REDIS__PORT": str(redis)}
+           "ERPSYNC_OPS__PORT": str(ops), "ERPSYNC_WMS__PORT": str(mariadb), "ERPSYNC_REDIS__PORT": str(redis),
+           "ERPSYNC_REGISTRY__PORT": str(registry)}
+    env.pop("ERPSYNC_KAFKA__SCHEMA_REGISTRY_URL", None)  # the demo stack's own registry
     try:
         # short mode: 12 orders at 10/s (make demo sends 40 at 4/s)
         result = subprocess.run(["make", "--no-print-directory", "demo", "DEMO_ARGS=--orders 12 --rate 10"],

@@ -221,7 +221,7 @@ def one(settings: Settings, sql: str, *args: Any) -> Any:
 
 
 def exceptions_since(settings: Settings, since_ms: int) -> list[dict[str, Any]]:
-    deserialize = make_value_deserializer(SchemaRegistry.load(), None)
+    deserialize = make_value_deserializer(SchemaRegistry.load(), settings.kafka.schema_registry_url)
     return [deserialize(m.topic() or "", m.value() or b"")[1]
             for m in read_to_end(settings, [EXCEPTIONS_TOPIC], since_ms=since_ms)]
 

@@ -112,7 +112,21 @@ def wait_for_truth(settings: Settings, store: redis.Redis, skus: list[str], time
     return expected
 
 
-def latest_on_topics(settings: Settings, skus: set[str], since_ms: int) -> dict[tuple[str, str], int]:
+def latest_on_topics(settings: Settings, skus: set[str], since_ms: int,
+                     expected: dict[tuple[str, str], int] | None = None,
+                     timeout_s: float = 30) -> dict[tuple[str, str], int]:
+    """The last ATS per (channel, SKU) on the availability topics; with `expected`, read again until
+    they agree or `timeout_s` passes (the topics are written in transactions committed at each
+    snapshot, a moment after Redis)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        latest = _latest_on_topics(settings, skus, since_ms)
+        if expected is None or latest == expected or time.monotonic() > deadline:
+            return latest
+        time.sleep(1)
+
+
+def _latest_on_topics(settings: Settings, skus: set[str], since_ms: int) -> dict[tuple[str, str], int]:
     deserialize = make_value_deserializer(SchemaRegistry.load(), settings.kafka.schema_registry_url)
     latest: dict[tuple[str, str], int] = {}
     for msg in read_to_end(settings, [c.topic for c in load_channels()], since_ms=since_ms):
