@@ -203,6 +203,11 @@ class Component:
 # price:<channel>:<list> for prices; erpsync:* for its own markers), no admin or dangerous commands.
 REDIS_PIPELINE_RULES = ("resetkeys ~ats:* ~ats-version:* ~price:* ~erpsync:* resetchannels "
                         "-@all +@read +@write +@keyspace +@scripting +@transaction +@connection -@dangerous")
+# The default user: off (no connection can log in as it, nor runs as it unauthenticated), yet holding
+# the pipeline's rights. Redis replays its append-only file at start as the default user and checks
+# each replayed MULTI/EXEC against that user's ACL (redis/redis#14541): the fenced writes (a script's
+# two HSETs, logged as MULTI/EXEC) were all dropped at a restart while the default user could run nothing.
+REDIS_DEFAULT_RULES = f"off resetpass {REDIS_PIPELINE_RULES}"
 # Storefronts: hash reads of ats:* and price:* (read-only key patterns), nothing else: a forged value
 # or fence cannot be written with this login.
 REDIS_READER_RULES = ("resetkeys %R~ats:* %R~price:* resetchannels -@all +@connection -@dangerous "
@@ -210,7 +215,8 @@ REDIS_READER_RULES = ("resetkeys %R~ats:* %R~price:* resetchannels -@all +@conne
 
 
 def redis_acl(r: RedisSettings) -> str:
-    """The ACL file: the default user disabled, the pipeline's and the storefronts' users (SHA-256 hashed)."""
+    """The ACL file: the default user disabled (see REDIS_DEFAULT_RULES), the pipeline's and the storefronts'
+    users (SHA-256 hashed passwords)."""
 
     def digest(password: str) -> str:
         return hashlib.sha256(password.encode()).hexdigest()
@@ -219,7 +225,7 @@ def redis_acl(r: RedisSettings) -> str:
         if not user or any(c.isspace() for c in user):
             raise StackError(f"redis: user name {user!r} is empty or contains white space")
     return (
-        "user default off resetpass resetkeys resetchannels -@all\n"
+        f"user default {REDIS_DEFAULT_RULES}\n"
         f"user {r.user} on #{digest(r.password.get_secret_value())} {REDIS_PIPELINE_RULES}\n"
         f"user {r.reader_user} on #{digest(r.reader_password.get_secret_value())} {REDIS_READER_RULES}\n"
     )
