@@ -29,7 +29,8 @@ def generate(events: int, output: Path, skus: int | None = None, seed: int = 7,
     offsets: dict[str, int] = {}
     n = 0
     with output.open("w") as fh:
-        for record in Workload(skus=skus or default_skus(events), seed=seed).records(events):
+        skus = skus or default_skus(events)
+        for record in Workload(skus=skus, customers=min(1000, skus), seed=seed).records(events):
             offset = offsets[record.topic] = offsets.get(record.topic, -1) + 1
             fh.write(record.kcat(offset) + "\n")
             n += 1

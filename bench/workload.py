@@ -187,7 +187,7 @@ class Workload:
         return {"sku": sku, "location": loc, "on_hand": b[0], "allocated": b[1], "in_transit": b[2],
                 "updated_at": self.now * 1000}
 
-    def catalog(self) -> Iterator[Record]:
+    def catalog(self) -> Iterator[list[Record]]:
         """Customers, items with prices on both price lists, stock at one to three locations; 100 rows a transaction."""
         rng = self.rng
         rows: list[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]] = []
@@ -199,10 +199,10 @@ class Workload:
                 "price_list_id": pl, "credit_limit": "50000.00", "credit_hold": c % 97 == 13,
                 "tax_jurisdiction": "US-TX-AUSTIN", "updated_at": iso(self.now)}))
             if len(rows) == 100:
-                yield from self._tx("erp", rows)
+                yield self._tx("erp", rows)
                 rows = []
         if rows:
-            yield from self._tx("erp", rows)
+            yield self._tx("erp", rows)
         day = self.now // 86_400_000
         for start in range(0, self.n_skus, 100):
             erp_rows: list[tuple[str, str, dict[str, Any] | None, dict[str, Any] | None]] = []
@@ -220,8 +220,8 @@ class Workload:
                 for loc in rng.sample(LOCATIONS, rng.choice(self.locations_per_sku)):
                     b = s.stock[loc] = [rng.randrange(40, 600), 0, rng.choice((0, 0, 0, 24, 48))]
                     wms_rows.append(("inventory_balances", "c", None, self._balance(sku, loc, b)))
-            yield from self._tx("erp", erp_rows)
-            yield from self._tx("wms", wms_rows)
+            yield self._tx("erp", erp_rows)
+            yield self._tx("wms", wms_rows)
 
     # ------------------------------------------------------------------ what happens every day
 
@@ -468,32 +468,40 @@ class Workload:
     # ------------------------------------------------------------------ the history
 
     def records(self, n: int) -> Iterator[Record]:
-        """The catalog, then the daily mix, until at least `n` records (a transaction is never cut)."""
+        """The catalog, then the daily mix: exactly `n` records.
+
+        A transaction is never cut: when the next one does not fit, the rest are Debezium heartbeats.
+        """
         emitted = 0
-        for r in self.catalog():
-            yield r
-            emitted += 1
         rng = self.rng
         actions = (self.stock_move, self.channel_order, self.item_change)
-        while emitted < n:
-            r = rng.random()
-            if self.to_import and (r < 0.12 or len(self.to_import) > 50):
-                step = self.erp_import
-            elif self.entered and (r < 0.24 or len(self.entered) > 200):
-                step = self.cancel if rng.random() < 0.04 else self.allocate
-            elif self.allocated and (r < 0.34 or len(self.allocated) > 200):
-                step = self.deallocate if rng.random() < 0.03 else self.ship
-            elif self.shipped and r < 0.42:
-                step = self.invoice
-            elif r < 0.995:
-                step = actions[0] if r < 0.75 else actions[1] if r < 0.98 else actions[2]
-            else:
-                yield from self._redelivered(rng.choice(("erp", "wms")))
-                continue
-            for record in step():
-                yield record
-                emitted += 1
-        self.emitted = emitted
+        catalog = self.catalog()
+        while True:
+            steps = next(catalog, None)
+            if steps is None:
+                r = rng.random()
+                if self.to_import and (r < 0.12 or len(self.to_import) > 50):
+                    steps = self.erp_import()
+                elif self.entered and (r < 0.24 or len(self.entered) > 200):
+                    steps = self.cancel() if rng.random() < 0.04 else self.allocate()
+                elif self.allocated and (r < 0.34 or len(self.allocated) > 200):
+                    steps = self.deallocate() if rng.random() < 0.03 else self.ship()
+                elif self.shipped and r < 0.42:
+                    steps = self.invoice()
+                elif r < 0.995:
+                    steps = (actions[0] if r < 0.75 else actions[1] if r < 0.98 else actions[2])()
+                else:
+                    steps = iter(self._redelivered(rng.choice(("erp", "wms"))))
+            batch = list(steps) if emitted < n else []
+            if emitted + len(batch) > n or emitted >= n:
+                break
+            yield from batch
+            emitted += len(batch)
+        for i in range(n - emitted):  # connectors' heartbeats (ignored by the pipeline)
+            system = ("erp", "wms")[i % 2]
+            yield Record(f"__debezium-heartbeat.{system}", _JSON.encode({"serverName": system}),
+                         _JSON.encode({"ts_ms": self.now}), self.now)
+        self.emitted = n
 
     def open_orders(self, lines: int, per_order: int = 4) -> Iterator[Record]:
         """`lines` open ERP order lines (inside-sales orders keyed in the ERP, never allocated): committed stock."""

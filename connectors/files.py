@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,11 +61,19 @@ def dump_channel_ends(path: Path) -> dict[str, int]:
     ends: dict[str, int] = {}
     with path.open("rb") as fh:
         for n, line in enumerate(fh, 1):
-            if line.strip():
+            head = _KCAT_HEAD.match(line)  # kcat's own layout: no need to parse the payload
+            if head is not None:
+                ends[f"{head[1].decode()}#{int(head[2])}"] = n
+            elif line.strip():
                 rec = parse_dump_line(line, n, str(path))
                 if isinstance(rec, RawRecord):
                     ends[rec.read_from] = n
     return ends
+
+
+# The start of a line as kcat -J writes it: {"topic": "<name>", "partition": <n>, "offset": <n>, ...
+# (a topic name has no quote or backslash; a line laid out otherwise is parsed whole).
+_KCAT_HEAD = re.compile(rb'\{"topic":\s*"([^"\\]+)",\s*"partition":\s*(\d+),\s*"offset":\s*-?\d+,')
 
 
 class _DumpPartition(StatefulSourcePartition[RawRecord | DeadLetter | Progress, int]):
