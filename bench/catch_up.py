@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--runs", type=int, default=1, help="runs per worker count (the median is printed)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a run may take to be final")
+    parser.add_argument("--checkout", type=Path, action="append", default=[],
+                        help="also run the pipeline of this checkout (e.g. a worktree of main: before/after)")
     args = parser.parse_args()
     settings = load_settings()
     work = Path(tempfile.mkdtemp(prefix="erpsync-catch-up-"))
@@ -56,31 +58,36 @@ def main() -> None:
         floor_rate = len(records) / floor_s
         print(f"floor (consume + JSON parse)  {floor_rate:,.0f} records/s, {len(records) / floor_cpu:,.0f} "
               "records per CPU-second")
-        for workers in args.workers:
-            rates, cpus = [], []
-            for _ in range(args.runs):
-                seconds, cpu = run_once(settings, expected, workers, work, args.timeout)
-                rates.append(len(records) / seconds)
-                cpus.append(cpu)
-                print(f"  run, {workers} worker(s)          {seconds:.1f} s to final, CPU {cpu:.1f} s")
-            rate, cpu = statistics.median(rates), statistics.median(cpus)
-            print(f"erpsync run, {workers} worker(s)       {rate:,.0f} records/s ({changes / len(records) * rate:,.0f} "
-                  f"change events/s), {len(records) / cpu:,.0f} records per CPU-second, "
-                  f"ratio to the floor {rate / floor_rate:.2f}")
+        for checkout in [None, *args.checkout]:
+            for workers in args.workers:
+                rates, cpus = [], []
+                for _ in range(args.runs):
+                    seconds, cpu = run_once(settings, expected, workers, work, args.timeout, checkout)
+                    rates.append(len(records) / seconds)
+                    cpus.append(cpu)
+                    print(f"  run, {workers} worker(s)            {seconds:.1f} s to final, CPU {cpu:.1f} s")
+                rate, cpu = statistics.median(rates), statistics.median(cpus)
+                print(f"erpsync run, {workers} worker(s){f' ({checkout})' if checkout else ''}: {rate:,.0f} records/s "
+                      f"({changes / len(records) * rate:,.0f} change events/s), {len(records) / cpu:,.0f} records "
+                      f"per CPU-second, ratio to the floor {rate / floor_rate:.2f}")
     finally:
         live.pause_connectors(settings, False)
     print(f"work directory                {work}")
 
 
-def run_once(settings: Settings, expected: live.Expected, workers: int, work: Path,
-             timeout: float) -> tuple[float, float]:
+def run_once(settings: Settings, expected: live.Expected, workers: int, work: Path, timeout: float,
+             checkout: Path | None = None) -> tuple[float, float]:
     """Seconds from start to every output final, and the pipeline's CPU seconds by then."""
     live.reset_stores(settings, expected)
     final = live.Finality(settings, expected)
     try:
         start = time.perf_counter()
-        with live.pipeline(workers, work) as proc:
+        with live.pipeline(workers, work, checkout) as proc:
+            said = start
             while not final.done():
+                if time.perf_counter() - said > 30:
+                    print(f"  not final after {time.perf_counter() - start:.0f} s: missing {final.missing}", flush=True)
+                    said = time.perf_counter()
                 if proc.poll() is not None:
                     raise SystemExit(f"erpsync run exited ({proc.returncode}); see the logs in {work}")
                 if time.perf_counter() - start > timeout:

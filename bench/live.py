@@ -212,6 +212,7 @@ class Finality:
         self.consumer = Consumer(settings.kafka.client_config() | {
             "group.id": f"bench-final-{time.time_ns()}", "enable.auto.commit": False,
             "isolation.level": "read_committed"})
+        kafka.ensure_topics(settings, topics, {"cleanup.policy": "compact"})  # as erpsync run makes them
         ends = [self.consumer.get_watermark_offsets(TopicPartition(t, 0), 10)[1] for t in topics]
         self.consumer.assign([TopicPartition(t, 0, end) for t, end in zip(topics, ends, strict=True)])
         self.topic_values: dict[tuple[str, str], Any] = {}
@@ -273,14 +274,17 @@ def rss_mib(pid: int) -> tuple[float, float]:
 
 
 @contextlib.contextmanager
-def pipeline(workers: int, work: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`erpsync run` with fresh state (its own recovery directory) and `workers` workers; stopped with SIGINT."""
+def pipeline(workers: int, work: Path, checkout: Path | None = None, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`erpsync run` with fresh state (its own recovery directory) and `workers` workers; stopped with SIGINT.
+
+    `checkout`: run the code of another checkout of erpsync (a worktree of an older commit: before/after).
+    """
     recovery = Path(tempfile.mkdtemp(prefix="recovery-", dir=work))
     recovery.rmdir()  # erpsync run initializes a directory that does not exist yet
     environ = dict(os.environ, ERPSYNC_FLOWS__RECOVERY_DIR=str(recovery), ERPSYNC_FLOWS__WORKERS=str(workers), **env)
     log = (work / f"run-{recovery.name}.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "erpsync", "run"], env=environ, stdout=log,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, cwd=checkout)  # `python -m` imports from its cwd first
     try:
         yield proc
     finally:

@@ -44,6 +44,11 @@ ERP_KEYS = {"items": ("sku",), "customers": ("customer_id",), "invoices": ("invo
 WMS_KEYS = {"inventory_balances": ("sku", "location"), "allocations": ("allocation_id",),
             "shipments": ("shipment_id",), "shipment_lines": ("shipment_id", "line_no")}
 _JSON = json.JSONEncoder(separators=(",", ":"))
+# every topic the workload writes to (the input channels of a pipeline that reads it)
+TOPICS = ("commerce.orders", "erp.transaction", "wms.transaction", "__debezium-heartbeat.erp",
+          "__debezium-heartbeat.wms", *(f"erp.erp.{t}" for t in ERP_KEYS), *(f"wms.wms.{t}" for t in WMS_KEYS))
+CATALOG_TOPICS = ("erp.transaction", "wms.transaction", "erp.erp.customers", "erp.erp.items",
+                  "erp.erp.price_list_lines", "wms.wms.inventory_balances")
 
 
 @dataclass(frozen=True, slots=True)
