@@ -82,7 +82,8 @@ def run_once(settings: Settings, expected: live.Expected, workers: int, work: Pa
     final = live.Finality(settings, expected)
     try:
         start = time.perf_counter()
-        with live.pipeline(workers, work, checkout) as proc:
+        with live.pipeline(workers, work, checkout) as running:
+            proc = running.proc
             said = start
             while not final.done():
                 if time.perf_counter() - said > 30:

@@ -273,8 +273,14 @@ def rss_mib(pid: int) -> tuple[float, float]:
     return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
 
 
+@dataclass(frozen=True)
+class Running:
+    proc: subprocess.Popen[bytes]
+    recovery: Path  # its recovery directory (bytewax's sqlite stores)
+
+
 @contextlib.contextmanager
-def pipeline(workers: int, work: Path, checkout: Path | None = None, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+def pipeline(workers: int, work: Path, checkout: Path | None = None, **env: str) -> Iterator[Running]:
     """`erpsync run` with fresh state (its own recovery directory) and `workers` workers; stopped with SIGINT.
 
     `checkout`: run the code of another checkout of erpsync (a worktree of an older commit: before/after).
@@ -286,7 +292,7 @@ def pipeline(workers: int, work: Path, checkout: Path | None = None, **env: str)
     proc = subprocess.Popen([sys.executable, "-m", "erpsync", "run"], env=environ, stdout=log,
                             stderr=subprocess.STDOUT, cwd=checkout)  # `python -m` imports from its cwd first
     try:
-        yield proc
+        yield Running(proc, recovery)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
