@@ -19,6 +19,10 @@ class RawRecord:
     replayed: bool = False  # re-injected from the DLQ by `erpsync dlq replay` (coordinates are the original's)
     channel: str = ""  # "<topic>#<partition>" it was read from ("" : its own coordinates)
 
+    def __reduce__(self) -> tuple[Any, ...]:  # see Emit.__reduce__
+        return (RawRecord, (self.topic, self.partition, self.offset, self.key, self.value, self.timestamp_ms,
+                            self.replayed, self.channel))
+
     @property
     def read_from(self) -> str:
         """The input channel: what the record's position in event time is judged against."""
@@ -51,6 +55,11 @@ class Emit:
     order: tuple[Any, ...] = ()
     before: dict[str, Any] | None = None
     tx: Any = None  # the source transaction (system, id) it is part of
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Every snapshot pickles the records waiting in the sequenced stages: positionally, this is
+        # half the work of the generic __getstate__ dataclasses give slotted classes.
+        return (Emit, (self.topic, self.key, self.schema, self.value, self.time, self.order, self.before, self.tx))
 
 
 def event_ms_of(e: Emit) -> int:

@@ -41,6 +41,9 @@ class Mark:
     ms: int
     spans: tuple[tuple[int, int], ...] = ()  # closed transactions (first ms, last ms) of this channel's system
 
+    def __reduce__(self) -> tuple[Any, ...]:  # see state.records.Emit.__reduce__
+        return (Mark, (self.channel, self.ms, self.spans))
+
 
 @dataclass(slots=True)
 class Stamped:
@@ -54,6 +57,9 @@ class Stamped:
     wake: int = 0  # ask for a Wake for this key at this event time (0: none)
     tx: Any = None  # the source transaction it is part of or caused by (None: a transaction of its own)
     last: bool = False  # the key's state after it holds only whole transactions: the step may close
+
+    def __reduce__(self) -> tuple[Any, ...]:  # see state.records.Emit.__reduce__
+        return (Stamped, (self.step, self.key, self.time, self.order, self.item, self.wake, self.tx, self.last))
 
 
 @dataclass(frozen=True, slots=True)
