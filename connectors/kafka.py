@@ -9,7 +9,9 @@ dataflow then drains and takes a final snapshot.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -90,21 +92,90 @@ class Alignment:
     AHEAD_MS = 1_000
 
     def __init__(self) -> None:
+        self.lock = threading.Lock()  # the worker threads of a process share it
         self.clocks: dict[str, int] = {}  # partition -> timestamp of its newest record read (still reading)
 
     def read(self, channel: str, ms: int) -> None:
-        self.clocks[channel] = ms
+        with self.lock:
+            self.clocks[channel] = ms
 
     def caught_up(self, channel: str) -> None:
-        self.clocks.pop(channel, None)
+        with self.lock:
+            self.clocks.pop(channel, None)
 
     def ahead(self, channel: str) -> bool:
-        mine = self.clocks.get(channel)
-        return mine is not None and mine > min(self.clocks.values()) + self.AHEAD_MS
+        with self.lock:
+            mine = self.clocks.get(channel)
+            return mine is not None and mine > min(self.clocks.values()) + self.AHEAD_MS
 
 
 ALIGNMENT = Alignment()  # shared by the partitions of one process
 ALIGNMENT_RETRY_MS = 5
+
+
+class _WorkerConsumer:
+    """One Kafka consumer for every raw partition a bytewax worker reads.
+
+    With topics partitioned for a cluster (6 partitions x 20-odd tables) a consumer per partition
+    would be a hundred librdkafka clients, each with its threads, buffers and connections. The
+    partitions of a worker share one (incremental assignment); each partition keeps its own buffer,
+    filled from the shared consumer by whichever partition asks first. Kafka keeps each
+    partition's records in order, and so do the buffers.
+    """
+
+    _lock = threading.Lock()
+    _by_worker: dict[int, _WorkerConsumer] = {}
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.consumer = Consumer(config)
+        self.parts: dict[tuple[str, int], _RawPartition] = {}
+
+    @classmethod
+    def of_this_worker(cls, config: dict[str, Any]) -> _WorkerConsumer:
+        """The consumer of the calling worker thread (bytewax builds and reads a part on one worker)."""
+        with cls._lock:
+            me = threading.get_ident()
+            if me not in cls._by_worker:
+                cls._by_worker[me] = cls(config)
+            return cls._by_worker[me]
+
+    def add(self, part: _RawPartition, offset: int) -> None:
+        self.parts[(part.topic, part.partition)] = part
+        self.consumer.incremental_assign([TopicPartition(part.topic, part.partition, offset)])
+
+    def remove(self, part: _RawPartition) -> None:
+        self.parts.pop((part.topic, part.partition), None)
+        self.consumer.incremental_unassign([TopicPartition(part.topic, part.partition)])
+        if not self.parts:
+            with self._lock:
+                self._by_worker.pop(threading.get_ident(), None)
+            self.consumer.close()
+
+    def fill(self, max_messages: int) -> None:
+        """What the consumer has now, into its partitions' buffers (EOFs marked on the partition)."""
+        for msg in self.consumer.consume(max_messages, 0):
+            part = self.parts.get((msg.topic() or "", msg.partition() or 0))
+            if part is None:
+                continue  # unassigned meanwhile
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    part.eof = True
+                else:
+                    log.warning("reading %s: %s", part.channel, err.str(), extra={"topic": part.topic})
+                continue
+            part.eof = False
+            part.buffer.append(msg)
+            if len(part.buffer) >= 2 * part.batch_size and not part.fetch_paused:
+                # a partition that skips its turns (``Alignment``) must not buffer its whole backlog
+                self.consumer.pause([TopicPartition(part.topic, part.partition)])
+                part.fetch_paused = True
+
+    def drained(self, part: _RawPartition) -> None:
+        """`part` took records from its buffer: fetch for it again once it runs low."""
+        if part.fetch_paused and len(part.buffer) < part.batch_size:
+            self.consumer.resume([TopicPartition(part.topic, part.partition)])
+            part.fetch_paused = False
 
 
 class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
@@ -112,20 +183,28 @@ class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
 
     def __init__(self, config: dict[str, Any], topic: str, partition: int, resume: int | None,
                  batch_size: int, quiet_ms: int) -> None:
-        self.consumer = Consumer(config)
-        self.offset = OFFSET_BEGINNING if resume is None else resume
-        self.consumer.assign([TopicPartition(topic, partition, self.offset)])
         self.topic, self.partition = topic, partition
         self.channel = f"{topic}#{partition}"
+        self.offset = OFFSET_BEGINNING if resume is None else resume
         self.batch_size = batch_size
         self.quiet_ms = quiet_ms
-        self.at_end = False
+        self.buffer: deque[Any] = deque()
+        self.eof = False  # the consumer reached the partition's end after its last buffered record
+        self.fetch_paused = False  # its buffer is full: the shared consumer does not fetch for it
         self.paused = False  # skipped its turn: ahead of the slowest partition (``Alignment``)
         self.told_ms = 0  # when Progress was last sent
+        self.shared = _WorkerConsumer.of_this_worker(config)
+        self.shared.add(self, self.offset)
+
+    @property
+    def at_end(self) -> bool:
+        return self.eof and not self.buffer
 
     def next_batch(self) -> list[RawRecord | Progress]:
         if lifecycle.stop_requested():
             raise StopIteration
+        if len(self.buffer) < self.batch_size:
+            self.shared.fill(self.batch_size)
         out: list[RawRecord | Progress] = []
         if ALIGNMENT.ahead(self.channel):
             self.paused = True
@@ -133,29 +212,23 @@ class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
         self.paused = False
         now = int(time.time() * 1000)
         newest = 0
-        for msg in self.consumer.consume(self.batch_size, 0):
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    self.at_end = True
-                else:
-                    log.warning("reading %s: %s", self.channel, err.str(), extra={"topic": self.topic})
-                continue
-            self.at_end = False
+        buffer = self.buffer
+        for _ in range(min(len(buffer), self.batch_size)):
+            msg = buffer.popleft()
             raw = _to_raw(msg, self.channel)
             if raw.timestamp_ms > 0:
                 LATENESS.observe(now, now - raw.timestamp_ms)
                 newest = raw.timestamp_ms
             out.append(raw)
             self.offset = (msg.offset() or 0) + 1
+        self.shared.drained(self)
         if self.at_end:
             ALIGNMENT.caught_up(self.channel)
         elif newest:
             ALIGNMENT.read(self.channel, newest)
-        if self.at_end:
-            if not out or now - self.told_ms >= self.quiet_ms:
-                out.append(Progress(self.channel, now - LATENESS.current(now)))
-                self.told_ms = now
+        if self.at_end and (not out or now - self.told_ms >= self.quiet_ms):
+            out.append(Progress(self.channel, now - LATENESS.current(now)))
+            self.told_ms = now
         return out
 
     def next_awake(self) -> datetime | None:
@@ -170,7 +243,7 @@ class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
 
     def close(self) -> None:
         ALIGNMENT.caught_up(self.channel)
-        self.consumer.close()
+        self.shared.remove(self)
 
 
 class RawSource(FixedPartitionedSource[RawRecord | Progress, int]):
@@ -217,18 +290,23 @@ def _to_raw(msg: Any, channel: str) -> RawRecord:
     return RawRecord(topic, partition, offset, msg.key(), msg.value(), ts, channel=channel)
 
 
-def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, str] | None = None) -> None:
-    """Create the topics that do not exist yet (single node: replication factor 1 locally)."""
+def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, str] | None = None, *,
+                  partitions: int | None = None) -> None:
+    """Create the topics that do not exist yet, with ``kafka.partitions`` partitions (or `partitions`).
+
+    The replication factor is the broker's default. Topics that exist keep their partitions.
+    """
     admin = AdminClient(settings.kafka.client_config())
     existing = set(admin.list_topics(timeout=10).topics)
-    new = [NewTopic(t, num_partitions=1, replication_factor=-1, config=config or {})
+    count = partitions or settings.kafka.partitions
+    new = [NewTopic(t, num_partitions=count, replication_factor=-1, config=config or {})
            for t in sorted(set(topics) - existing)]
     if not new:
         return
     for topic, future in admin.create_topics(new).items():
         try:
             future.result()
-            log.info("created topic %s", topic)
+            log.info("created topic %s (%d partitions)", topic, count)
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise

@@ -53,7 +53,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[at
 
 from connectors import lifecycle
 from connectors.kafka import Serializer
-from connectors.resilience import guarded, one_line
+from connectors.resilience import Rejects, guarded, one_line
 from erpsync import telemetry
 from erpsync.settings import Settings
 from state.records import DLQ_TOPIC, DeadLetter, Emit, event_ms_of
@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 
 SINK = "kafka"
 RECORD_OVERHEAD = 1024  # record and batch headers, conservatively
+# What a broker or the client refuses for the record itself: it goes to the DLQ, the rest goes on.
+REFUSED = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
+                     KafkaError.INVALID_RECORD})
 PRODUCER_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
 
 
@@ -120,6 +123,12 @@ class TopicLayout:
                 log.warning("max.message.bytes of %s unknown (%s); assuming %d", resource.name, exc,
                             PRODUCER_MAX_BYTES)
         return self
+
+    def forget(self, topics: Iterable[str]) -> None:
+        """Read these topics' layout again on next use (a limit changed)."""
+        for t in topics:
+            self.partitions.pop(t, None)
+            self.limits.pop(t, None)
 
     def partitions_of(self, topic: str) -> int:
         if topic not in self.partitions:
@@ -247,6 +256,7 @@ class _TransactionalPart(StatefulSinkPartition[Outgoing, PartState]):
         self.in_tx = False
         self.pending: list[Outgoing] = []  # this transaction's records, to produce again if it must abort
         self.failed: list[str] = []
+        self.refused: list[tuple[Outgoing, KafkaError]] = []
         if self.skip:
             log.info("kafka output part %d: %d record(s) committed after the last snapshot will not be written again",
                      part, sum(self.skip.values()))
@@ -287,7 +297,7 @@ class _TransactionalPart(StatefulSinkPartition[Outgoing, PartState]):
                 msg = consumer.poll(1.0)
                 if msg is None:
                     if lifecycle.stop_requested():
-                        raise lifecycle.Stopping("stopped while reading Kafka outputs back")
+                        lifecycle.abandon("stopped while reading Kafka outputs back")
                     continue
                 at = (msg.topic() or "", msg.partition() or 0)
                 err = msg.error()
@@ -322,16 +332,25 @@ class _TransactionalPart(StatefulSinkPartition[Outgoing, PartState]):
         while True:
             try:
                 self.producer.produce(o.topic, value=o.value, key=o.key, partition=o.partition,
-                                      headers=list(o.headers), on_delivery=self._on_delivery)
+                                      headers=list(o.headers), on_delivery=functools.partial(self._on_delivery, o))
                 return
             except BufferError:  # the local queue is full: Kafka is slow or away; let deliveries drain
                 self.producer.poll(0.1)
                 if lifecycle.stop_requested():
-                    raise lifecycle.Stopping("stopped while Kafka was not taking records") from None
+                    lifecycle.abandon("stopped while Kafka was not taking records")
+            except KafkaException as exc:  # refused before sending (its size): set aside, see _commit
+                err = _kafka_error(exc)
+                if err is None or err.code() not in REFUSED:
+                    raise
+                self.refused.append((o, err))
+                return
 
-    def _on_delivery(self, err: Any, msg: Any) -> None:
+    def _on_delivery(self, o: Outgoing, err: Any, msg: Any) -> None:
         if err is not None:
-            self.failed.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+            if err.code() in REFUSED:
+                self.refused.append((o, err))
+            else:
+                self.failed.append(f"{msg.topic()}[{msg.partition()}]: {err}")
             return
         key = f"{msg.topic()}|{msg.partition()}"
         self.offsets[key] = max(self.offsets.get(key, 0), msg.offset() + 1)
@@ -344,16 +363,23 @@ class _TransactionalPart(StatefulSinkPartition[Outgoing, PartState]):
     def _commit(self) -> None:
         while True:
             try:
+                if self.refused:  # the broker refused some (a topic limit lowered since the start)
+                    raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "records refused",
+                                                    txn_requires_abort=True))
                 self._call(lambda: self.producer.commit_transaction(30), "commit_transaction")
+                if self.refused:  # (refused while committing)
+                    continue
                 break
             except KafkaException as exc:
                 err = _kafka_error(exc)
                 if err is None or not err.txn_requires_abort():
                     raise
-                # The broker aborted it (e.g. the coordinator moved during an outage): do it again.
+                # Aborted (the coordinator moved during an outage, or records were refused): do it
+                # again without the refused records, which go to the DLQ with the broker's reason.
                 log.warning("kafka output part %d: transaction aborted (%s); writing its %d record(s) again",
                             self.part, one_line(exc), len(self.pending))
                 self._call(lambda: self.producer.abort_transaction(30), "abort_transaction")
+                self._set_aside_refused()
                 self.failed.clear()
                 self._call(self.producer.begin_transaction, "begin_transaction")
                 for o in self.pending:
@@ -368,6 +394,18 @@ class _TransactionalPart(StatefulSinkPartition[Outgoing, PartState]):
         for topic, times in by_topic.items():
             telemetry.sink_latency(SINK, topic, times)
         self.pending = []
+
+    def _set_aside_refused(self) -> None:
+        """Records the broker refused leave the transaction for the DLQ (outside it: at least once)."""
+        if not self.refused:
+            return
+        refused, self.refused = self.refused, []
+        ids = {id(o) for o, _ in refused}
+        self.pending = [o for o in self.pending if id(o) not in ids]
+        self.sink.layout.forget([o.topic for o, _ in refused])  # its limit changed: read it again
+        Rejects.send_raw(self.sink.settings, "kafka", [
+            (o.topic, o.key, f"{o.topic} refused a record of {len(o.value or b'')} bytes: {err.str()}")
+            for o, err in refused])
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         """A producer/consumer call, retried while Kafka is unreachable (with HEALTH, and stoppable)."""

@@ -7,17 +7,22 @@ and the first Ctrl-C request it; a second Ctrl-C interrupts at once (bytewax the
 final snapshot, and the next start resumes from the previous one, which the sinks' fences make safe).
 
 A sink that waits out an outage polls ``stop_requested`` between attempts, so a stop never waits for
-a dependency to come back; it gives up with ``Stopping`` (no final snapshot, nothing lost).
+a dependency to come back: it ``abandon``s the run. The process exits at once, as after ``kill -9``:
+the epoch in flight is neither snapshotted nor committed (raising from a sink would make bytewax
+panic), and the next start resumes from the last snapshot, which the exactly-once Kafka outputs and
+the fenced stores make safe.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +31,15 @@ _reason: list[str] = []
 _reseed: set[str] = set()
 
 
-class Stopping(Exception):  # noqa: N818 - a request, not an error
-    """Raised by a sink that was waiting for a dependency when a stop was requested."""
+RESTART = 75  # exit status of a run abandoned to be started again (EX_TEMPFAIL): re-seed a store
+
+
+def abandon(reason: str) -> NoReturn:
+    """Exit now, without a final snapshot (a stop while a sink waits for its store; see the module doc)."""
+    status = RESTART if _reseed else 0
+    log.warning("stopping without a final snapshot: %s; the next start resumes from the last one", reason)
+    logging.shutdown()
+    os._exit(status)
 
 
 def stop_requested() -> bool:

@@ -185,7 +185,7 @@ def guarded(sink: str, attempt: Callable[[], T], *, drop: Callable[[], None] | N
             transient: Callable[[BaseException], bool] = is_transient, max_wait_s: float = 5.0) -> T:
     """`attempt()` until it succeeds, waiting out transient failures; `drop` discards a broken connection.
 
-    Raises ``lifecycle.Stopping`` if a stop is requested while waiting; any other error at once.
+    A stop requested while waiting abandons the run (``lifecycle.abandon``); any other error is raised.
     """
 
     def before_sleep(rs: tenacity.RetryCallState) -> None:
@@ -202,7 +202,7 @@ def guarded(sink: str, attempt: Callable[[], T], *, drop: Callable[[], None] | N
 
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception(transient),
-        wait=tenacity.wait_exponential_jitter(initial=0.1, max=max_wait_s),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=max_wait_s, jitter=min(0.5, max_wait_s)),
         stop=lambda rs: lifecycle.stop_requested(),
         before_sleep=before_sleep,
         reraise=True,
@@ -211,7 +211,7 @@ def guarded(sink: str, attempt: Callable[[], T], *, drop: Callable[[], None] | N
         result = retrying(attempt)
     except Exception as exc:
         if transient(exc):  # only a stop ends the retries
-            raise lifecycle.Stopping(f"sink {sink} unavailable at stop: {one_line(exc)}") from None
+            lifecycle.abandon(f"sink {sink} unavailable at stop: {one_line(exc)}")
         raise
     HEALTH.ok(sink)
     return result
@@ -239,6 +239,23 @@ class Rejects:
                 ("reason", reason.encode()), ("step", f"sink:{sink}".encode()), ("topic", e.topic.encode()),
                 ("partition", b"-1"), ("offset", b"-1"), ("ts", str(e.time).encode())]
             producer.produce(DLQ_TOPIC, key=e.key.encode(), value=value, headers=headers)
+        producer.flush(30)
+        telemetry.count(f"sink:{sink}", "dlq", len(items))
+        HEALTH.rejected(sink, len(items))
+
+    @classmethod
+    def send_raw(cls, settings: Settings, sink: str, items: Sequence[tuple[str, bytes | None, str]]) -> None:
+        """(topic, key, reason) of records refused without their value (too large to keep)."""
+        if not items:
+            return
+        with cls._lock:
+            if cls._producer is None:
+                cls._producer = Producer(settings.kafka.client_config() | {"enable.idempotence": True})
+            producer = cls._producer
+        for topic, key, reason in items:
+            log.warning("%s (key %r); sent to %s without its value", reason, (key or b"")[:80], DLQ_TOPIC)
+            producer.produce(DLQ_TOPIC, key=key, value=None, headers=[
+                ("reason", reason.encode()), ("step", f"sink:{sink}".encode()), ("topic", topic.encode())])
         producer.flush(30)
         telemetry.count(f"sink:{sink}", "dlq", len(items))
         HEALTH.rejected(sink, len(items))

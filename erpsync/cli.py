@@ -87,8 +87,9 @@ def _stack_down(settings: Settings, args: argparse.Namespace) -> int:
 
 def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
     rows = stack.status(settings)
+    pipeline = stack.pipeline_health(settings)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows if pipeline is None else [*rows, {"component": "pipeline", **pipeline}], indent=2))
     else:
         for row in rows:
             print(f"{row['component']:<9} {row['state']:<10} pid={row['pid'] or '-':<8} "
@@ -99,6 +100,15 @@ def _stack_status(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"  subjects registered: {row['subjects'] if row['subjects'] is not None else '?'}")
             for slot, lag in row.get("replication_slots", {}).items():
                 print(f"  replication slot {slot}: lag {lag if lag is not None else '?'} bytes")
+        if pipeline is not None:  # informational: the pipeline is not part of the stack
+            down = {n: s for n, s in pipeline["sinks"].items() if not s["up"]}
+            print(f"{'pipeline':<9} {'waiting' if down else 'running':<10} pid={pipeline['pid']:<8} "
+                  f"recovery {settings.recovery_dir}")
+            for name, sink in sorted(pipeline["sinks"].items()):
+                since = datetime.fromtimestamp(sink["since_ms"] / 1000, UTC).strftime("%H:%M:%S")
+                state = "up" if sink["up"] else f"unavailable since {since} UTC ({sink['error']}); retrying"
+                print(f"  sink {name}: {state}" + (f", {sink['rejected']} record(s) refused (in the DLQ)"
+                                                   if sink["rejected"] else ""))
     return 0 if all(r["state"] == "healthy" for r in rows) else 1
 
 
@@ -130,9 +140,39 @@ def _connectors_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _with_cluster(settings: Settings, args: argparse.Namespace) -> Settings:
+    """The settings with --process-id/--addresses applied (they override ERPSYNC_FLOWS__...)."""
+    update: dict[str, object] = {}
+    if args.process_id is not None:
+        update["process_id"] = args.process_id
+    if args.addresses is not None:
+        update["addresses"] = tuple(a.strip() for a in args.addresses.split(",") if a.strip())
+    settings = settings.model_copy(update={"flows": settings.flows.model_copy(update=update)}) if update else settings
+    from erpsync.cluster import Cluster  # noqa: PLC0415
+
+    try:
+        Cluster.of(settings)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return settings
+
+
+def _local_cluster(command: str, args: argparse.Namespace, extra: list[str]) -> int:
+    """`--processes N`: N local processes of this command (erpsync.cluster.LocalCluster)."""
+    from erpsync.cluster import LocalCluster, child_argv, child_env  # noqa: PLC0415
+
+    argv = child_argv([*(["-v"] if getattr(args, "verbose", False) else []), command, *extra])
+    return LocalCluster(argv, args.processes, child_env(), restart=command == "run").run()
+
+
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     _channels(settings)
     _needs(settings, "kafka", "redis", "ops", "erp")
+    if args.processes > 1:
+        if args.process_id is not None or args.addresses is not None:
+            raise UsageError("--processes starts a local cluster; --process-id/--addresses join one: not both")
+        return _local_cluster("run", args, [])
+    settings = _with_cluster(settings, args)
     from erpsync import runner  # noqa: PLC0415 - bytewax is only imported for commands that run flows
 
     try:
@@ -195,12 +235,19 @@ def _channels_replay(settings: Settings, args: argparse.Namespace) -> int:
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     _check_replay_paths(args.input, args.output)
     _channels(settings)
+    if args.processes > 1:
+        extra = ["--input", str(args.input), "--output", str(args.output), "--workers", str(args.workers),
+                 *(["--fail-on-dead-letters"] if args.fail_on_dead_letters else [])]
+        return _local_cluster("replay", args, extra)
+    settings = _with_cluster(settings, args)
     from erpsync import runner  # noqa: PLC0415
 
     total = count_lines(args.input)
     with track("replay", total=total, unit="records", interval_s=settings.cli.progress_interval_s) as t:
         counts = runner.replay(settings, SchemaRegistry.load(), args.input, args.output, workers=args.workers,
                                channels=configured_channels(settings), on_input=t.advance)
+    if not counts and settings.flows.addresses:
+        return 0  # a process of a cluster that did not hold the output: the one that did reports
     print(replay_summary(counts, args.output, total))
     dead = counts.get(DLQ_TOPIC, 0)
     if args.fail_on_dead_letters and dead:
@@ -535,6 +582,15 @@ def _verbose_everywhere(parser: argparse.ArgumentParser) -> None:
                 _verbose_everywhere(sub)
 
 
+def _cluster_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--processes", type=_int_at_least(1), default=1,
+                        help="start N local processes as one bytewax cluster (default 1)")
+    parser.add_argument("--process-id", type=_int_at_least(0), help="join a cluster as this process "
+                        "(ERPSYNC_FLOWS__PROCESS_ID); with --addresses")
+    parser.add_argument("--addresses", help="every process's host:port, comma-separated, in process-id order "
+                        "(ERPSYNC_FLOWS__ADDRESSES)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="erpsync", description=__doc__, epilog=EXIT_STATUSES,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -567,8 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
     kc = sub.add_parser("kcat", help="kcat logged in to the pipeline's Kafka (e.g. `erpsync kcat -C -t sync.dlq -e`)")
     kc.add_argument("kcat_args", nargs=argparse.REMAINDER, help="kcat's own arguments")
     kc.set_defaults(func=lambda settings, args: kcat.run(settings, args.kcat_args))
-    sub.add_parser("run", help="run the dataflows against Kafka (resumes from recovery snapshots)"
-                   ).set_defaults(func=_run)
+    run_p = sub.add_parser("run", help="run the dataflows against Kafka (resumes from recovery snapshots)")
+    _cluster_options(run_p)
+    run_p.set_defaults(func=_run)
     ex_p = sub.add_parser("exceptions", help="the exception queue (ops database)")
     ex_sub = ex_p.add_subparsers(dest="action", required=True)
     ls = ex_sub.add_parser("list", help="exceptions, newest first")
@@ -611,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--workers", type=_int_at_least(1), default=1, help="bytewax workers (default 1)")
     rp.add_argument("--fail-on-dead-letters", action="store_true",
                     help="exit 4 when any record was dead-lettered (for CI)")
+    _cluster_options(rp)
     rp.set_defaults(func=_replay)
     cf = sub.add_parser("capture-fixtures", help="script ERP/WMS changes on the local stack, dump the envelopes")
     cf.add_argument("--output", type=Path, default=Path("tests/fixtures/debezium"))

@@ -18,7 +18,7 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.errors import BytewaxRuntimeError
-from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
 
 from connectors import http_channels, kafka, lifecycle, ops_db
@@ -40,6 +40,7 @@ from connectors.redis import AtsSink
 from connectors.resilience import HEALTH
 from erpsync import telemetry
 from erpsync.channels import OutputPlan, configured_channels, load_channels
+from erpsync.cluster import Cluster, ensure_recovery
 from erpsync.progress import counting_source
 from erpsync.settings import Settings
 from flows.canonicalize import make_canonicalizer
@@ -122,13 +123,15 @@ def replay(settings: Settings, registry: SchemaRegistry, source: Path, target: P
 
     sinks = dataclasses.replace(replay_sinks(collect), emits=published, availability=redis_view)
     canonicalizer = make_canonicalizer(registry, settings.flows.mappings_dir)
-    flow = build_flow(registry, channels, topology(settings, inputs, workers), sources=Sources(raw), sinks=sinks,
+    cluster = Cluster(settings.flows.addresses, settings.flows.process_id, workers)
+    flow = build_flow(registry, channels, topology(settings, inputs, cluster.total_workers), sources=Sources(raw),
+                      sinks=sinks,
                       slas=settings.flows.slas(), canonicalizer=canonicalizer)
     merged: Stream[object] = op.merge("replay_all", *streams)
     op.output("replay_output", op.key_on("replay_one_writer", merged, lambda _: "out"), sink)  # type: ignore[misc]
     tune_gc()
-    cli_main(flow, workers_per_process=workers)
-    return sink.counts
+    cli_main(flow, **cluster.cli_kwargs())
+    return sink.counts  # (empty in the processes of a cluster that do not hold the output)
 
 
 def channel_serializer(plan: OutputPlan, avro: Serializer) -> Serializer:
@@ -164,7 +167,8 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     transactions = [f"{system}{TRANSACTION_SUFFIX}" for system in
                     sorted({m.system for m in canonicalizer.mappings.by_topic.values()})]
     outputs = [*(e.topic for e in registry.entities().values()), DLQ_TOPIC, EXCEPTIONS_TOPIC, ORDER_INTAKE_OUT_TOPIC]
-    kafka.ensure_topics(settings, [*mapped, *transactions, COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC, *outputs])
+    kafka.ensure_topics(settings, [*mapped, COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC, *outputs])
+    kafka.ensure_topics(settings, transactions, partitions=1)  # a transaction's BEGIN and END differ in key
     channel_topics = [*(c.topic for c in channels), *(c.order_status_topic for c in channels)]
     kafka.ensure_topics(settings, channel_topics, {"cleanup.policy": "compact"})
     # Every captured table of a mapped source, mapped or not: a table captured without a mapping
@@ -180,19 +184,17 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     partitions = {t: existing.get(t, [0]) for t in topics}
     input_channels = [f"{t}#{p}" for t, ps in sorted(partitions.items()) for p in ps]
 
+    cluster = Cluster.of(settings)
     recovery = settings.recovery_dir
-    fresh = not recovery.exists()
-    if fresh:
-        recovery.mkdir(parents=True)
-        init_db_dir(recovery, settings.flows.workers)
-        (recovery / "created_ms").write_text(str(int(time.time() * 1000)))
-    token = f"{recovery}@{recovery_created_ms(recovery)}"
-    HEALTH.configure(settings, recovery / "health.json")
+    fresh = ensure_recovery(recovery, cluster)  # this process's share of the snapshots (erpsync.cluster)
+    token = f"{recovery.resolve()}@{recovery_created_ms(recovery)}"
+    HEALTH.configure(settings, recovery / f"health-{cluster.process_id}.json")
     reseed = frozenset() if fresh else stores_to_reseed(settings, token)
     if fresh:  # reading history from the start fills both
         mark_seeded(settings, token, SEED_STORES)
-    log.info("running the pipeline on %s, %d worker(s), recovery in %s", settings.kafka.bootstrap_servers,
-             settings.flows.workers, recovery)
+    log.info("running the pipeline on %s: process %d of %d, %d worker(s) each, recovery in %s",
+             settings.kafka.bootstrap_servers, cluster.process_id, cluster.processes, cluster.workers_per_process,
+             recovery)
     # HTTP push channels (connectors.http_channels): availability and order status records are handed
     # to the delivery engine, which never blocks the dataflow (one engine for every run of the dataflow).
     push_sink = http_channels.PushSink(settings, channels, serialize)
@@ -206,7 +208,7 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
             watchdog.reseeding(reseed)
             flow = _live_flow(settings, registry, channels, canonicalizer, input_channels, partitions, layout,
                               serialize, push_sink, reseed)
-            _execute(settings, flow, recovery)
+            _execute(settings, flow, recovery, cluster)
             reseed = lifecycle.take_reseed()
             if not reseed:
                 break
@@ -268,7 +270,8 @@ def _live_flow(settings: Settings, registry: SchemaRegistry, channels: Sequence[
         exceptions=lambda step_id, s: op.output(step_id, s, ExceptionSink(settings)),
         reseed=reseeds,
     )
-    flow = build_flow(registry, channels, topology(settings, input_channels, settings.flows.workers, reseed),
+    flow = build_flow(registry, channels, topology(settings, input_channels, Cluster.of(settings).total_workers,
+                                                   reseed),
                       sources=Sources(raw), sinks=sinks, slas=settings.flows.slas(), canonicalizer=canonicalizer)
     kafka_output("out_kafka", op.merge("out_kafka_all", *to_kafka), settings, layout)
     return flow
@@ -278,23 +281,18 @@ def _has_schema(schema: str, e: Emit) -> bool:
     return e.schema == schema
 
 
-def _execute(settings: Settings, flow: Dataflow, recovery: Path) -> None:
-    """Run the dataflow until its inputs end (a stop) or it fails; a sink that gave up at a stop is a stop."""
+def _execute(settings: Settings, flow: Dataflow, recovery: Path, cluster: Cluster) -> None:
+    """Run the dataflow until its inputs end (a stop) or it fails (a second Ctrl-C is a stop)."""
     try:
         cli_main(
             flow,
-            workers_per_process=settings.flows.workers,
+            **cluster.cli_kwargs(),
             epoch_interval=timedelta(seconds=settings.flows.snapshot_interval_s),
             recovery_config=RecoveryConfig(recovery),
         )
     except (KeyboardInterrupt, BytewaxRuntimeError) as exc:
-        causes = _causes(exc)
-        if any(isinstance(c, KeyboardInterrupt) for c in causes):
+        if any(isinstance(c, KeyboardInterrupt) for c in _causes(exc)):
             log.info("interrupted: no final snapshot; the next start resumes from the one before")
-            return
-        if any(isinstance(c, lifecycle.Stopping) for c in causes) and lifecycle.stop_requested():
-            log.info("stopped while a sink was waiting (%s); the next start resumes from the last snapshot",
-                     next(str(c) for c in causes if isinstance(c, lifecycle.Stopping)))
             return
         raise
 

@@ -35,6 +35,10 @@ class KafkaSettings(BaseModel):
     schema_registry_url: str | None = None
     user: str = "erpsync"
     password: SecretStr = SecretStr("erpsync-kafka-local")
+    # Partitions of the topics erpsync or Connect creates (raw change topics, canonical and channel
+    # topics): a cluster of pipeline processes spreads them over its workers. Topics that exist keep
+    # theirs. Debezium's transaction topics always have one (a transaction's BEGIN and END differ in key).
+    partitions: int = Field(default=6, ge=1)
     # PEM files. With a CA, clients speak SASL_SSL and verify the broker with it; the local stack's
     # broker then serves SASL_SSL with the certificate and key (the key unencrypted, PKCS#8).
     ssl_ca_location: Path | None = None
@@ -168,6 +172,10 @@ class FlowSettings(BaseModel):
 
     model_config = _FROZEN
     workers: int = 1
+    # A cluster of pipeline processes (bytewax): this process's id and every process's host:port, in
+    # id order (ERPSYNC_FLOWS__ADDRESSES='["flows-0:2101","flows-1:2101"]'); none: one process.
+    process_id: int = Field(default=0, ge=0)
+    addresses: tuple[str, ...] = ()
     # Bytewax snapshots state and input offsets at this interval; a crash replays at most this
     # much input (sinks are fenced, so the replay is harmless). Kafka outputs are committed in one
     # transaction per interval: `read_committed` consumers see them at most this late.

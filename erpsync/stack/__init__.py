@@ -6,7 +6,9 @@ a second PostgreSQL cluster for erpsync's ops database, MariaDB (WMS) and Redis 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -69,3 +71,18 @@ def down(settings: Settings) -> list[str]:
 
 def status(settings: Settings) -> list[dict[str, Any]]:
     return [component.describe() for component in all_components(settings)]
+
+
+def pipeline_health(settings: Settings) -> dict[str, Any] | None:
+    """What the pipeline (`erpsync run` with this recovery directory) reports of its sinks, if it runs.
+
+    The pipeline writes ``health.json`` beside its recovery store (connectors.resilience.HEALTH) on
+    every change of a sink's state; None when no pipeline ever ran there, or it is not running.
+    """
+    path = settings.recovery_dir / "health.json"
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+        os.kill(int(doc["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return doc

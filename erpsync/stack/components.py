@@ -1028,6 +1028,10 @@ def connect_worker_properties(settings: Settings) -> dict[str, str]:
         "offset.storage.replication.factor": "1",
         "status.storage.replication.factor": "1",
         "offset.flush.interval.ms": "1000",
+        # After losing its Kafka coordinator (a broker outage), a worker's connectors are held back for
+        # this long waiting for the "lost" worker (default 5 minutes, capture stopped meanwhile):
+        # with one worker, or workers that restart quickly, give them back at once.
+        "scheduled.rebalance.max.delay.ms": "0",
         "listeners": f"http://{c.host}:{c.port}",
         "rest.advertised.host.name": c.host,
         "rest.advertised.port": str(c.port),
@@ -1059,6 +1063,8 @@ def connector_env(settings: Settings) -> dict[str, str]:
         "ERPSYNC_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "ERPSYNC_KAFKA_SECURITY_PROTOCOL": settings.kafka.security_protocol,
         "ERPSYNC_KAFKA_SSL_CA_LOCATION": str(settings.kafka.ssl_ca_location or ""),
+        # raw change topics are created by Connect with this many partitions (keyed by row)
+        "ERPSYNC_KAFKA_PARTITIONS": str(settings.kafka.partitions),
         "ERPSYNC_CONNECT_KAFKA_USER": settings.connect.kafka_user,
         "ERPSYNC_CONNECT_KAFKA_PASSWORD": settings.connect.kafka_password.get_secret_value(),
     })

@@ -191,7 +191,7 @@ def test_a_reservation_lowers_ats_at_once_and_is_released_when_the_erp_order_app
         # nothing is published (no channel sees a value that never held). The next stock change shows it.
         time.sleep(2)
         assert latest() == reserved
-        with work._wms_tx() as cur:
+        with work.systems.wms_tx() as cur:
             cur.execute("UPDATE inventory_balances SET on_hand = on_hand + 1 WHERE sku = %s AND location = 'DC-EAST'",
                         (sku,))  # (a location every reference channel sees)
         released = wait_until(lambda: (v := latest()) and v["intake_reserved"] == 0 and v, 30,

@@ -205,6 +205,8 @@ def test_ops_database_has_its_own_cluster(compose: dict[str, Any]) -> None:
 
 def test_a_pipeline_that_dies_is_restarted(compose: dict[str, Any]) -> None:
     assert compose["services"]["flows"]["restart"] in ("unless-stopped", "always", "on-failure")
+    # time for a clean stop (final snapshot) before docker kills it
+    assert int(compose["services"]["flows"]["stop_grace_period"].rstrip("s")) >= 10
 
 
 def test_the_container_reads_channels_from_a_directory_the_deployment_provides(compose: dict[str, Any]) -> None:

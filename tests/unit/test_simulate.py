@@ -269,7 +269,7 @@ def test_a_payload_that_is_not_an_order_fails_the_import(payload: Any) -> None:
 def test_a_workload_connects_only_when_it_needs_to() -> None:
     work = Workload(Settings(), 7, "T1", start=START)
     work.scenario.plan_orders(20)
-    assert work._erp_conn is None and work._wms_conn is None and work._producer is None
+    assert work.systems._erp_conn is None and work.systems._wms_conn is None and work.storefront._producer is None
     assert work.manifest is work.scenario.manifest and len(work.manifest.orders) == 20
 
 
