@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -46,20 +48,40 @@ def parse_dump_line(line: bytes, line_no: int, path: str) -> RawRecord | DeadLet
 
 def dump_channels(path: Path) -> list[str]:
     """Every "<topic>#<partition>" a dump holds records of (the channels a replay waits for)."""
-    channels: set[str] = set()
+    return sorted(dump_channel_ends(path))
+
+
+def dump_channel_ends(path: Path) -> dict[str, int]:
+    """Every "<topic>#<partition>" of a dump -> the line of its last record.
+
+    A replay ends each channel after its last line, not at the end of the file: event time need not
+    wait for a channel that has nothing more to say (a table changed only at the start of the dump),
+    so the stages release as the dump is read instead of buffering all of it.
+    """
+    ends: dict[str, int] = {}
     with path.open("rb") as fh:
         for n, line in enumerate(fh, 1):
-            if line.strip():
+            head = _KCAT_HEAD.match(line)  # kcat's own layout: no need to parse the payload
+            if head is not None:
+                ends[f"{head[1].decode()}#{int(head[2])}"] = n
+            elif line.strip():
                 rec = parse_dump_line(line, n, str(path))
                 if isinstance(rec, RawRecord):
-                    channels.add(rec.read_from)
-    return sorted(channels)
+                    ends[rec.read_from] = n
+    return ends
+
+
+# The start of a line as kcat -J writes it: {"topic": "<name>", "partition": <n>, "offset": <n>, ...
+# (a topic name has no quote or backslash; a line laid out otherwise is parsed whole).
+_KCAT_HEAD = re.compile(rb'\{"topic":\s*"([^"\\]+)",\s*"partition":\s*(\d+),\s*"offset":\s*-?\d+,')
 
 
 class _DumpPartition(StatefulSourcePartition[RawRecord | DeadLetter | Progress, int]):
-    def __init__(self, path: Path, channels: list[str], resume: int | None) -> None:
+    def __init__(self, path: Path, channels: list[str], ends: Mapping[str, int], resume: int | None) -> None:
         self.path = str(path)
         self.channels = channels
+        # channels ended early, in the order of their last lines
+        self.ends = sorted((line, channel) for channel, line in ends.items() if channel in channels)
         self.fh: IO[bytes] = path.open("rb")
         self.line_no = 0
         self.ended = False
@@ -76,6 +98,8 @@ class _DumpPartition(StatefulSourcePartition[RawRecord | DeadLetter | Progress, 
             self.line_no += 1
             if line.strip():
                 out.append(parse_dump_line(line, self.line_no, self.path))
+        while self.ends and self.ends[0][0] <= self.line_no:  # read past a channel's last record
+            out.append(Progress(self.ends.pop(0)[1], None))
         if not lines:  # the end of the input is the end of every channel: event time may run out
             self.ended = True
             out.extend(Progress(channel, None) for channel in self.channels)
@@ -91,18 +115,20 @@ class _DumpPartition(StatefulSourcePartition[RawRecord | DeadLetter | Progress, 
 class DumpSource(FixedPartitionedSource[RawRecord | DeadLetter | Progress, int]):
     """A kcat JSON dump, read in order (one partition: the dump is one ordered file).
 
-    `channels`: every channel of the dump (``dump_channels``), each ended at the end of the file.
+    `channels`: every channel of the dump (``dump_channels``), each ended at the end of the file, or
+    after its last line when `ends` (``dump_channel_ends``) says where that is.
     """
 
-    def __init__(self, path: Path, channels: list[str]) -> None:
+    def __init__(self, path: Path, channels: list[str], ends: Mapping[str, int] | None = None) -> None:
         self.path = path
         self.channels = channels
+        self.ends = ends or {}
 
     def list_parts(self) -> list[str]:
         return ["dump"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _DumpPartition:
-        return _DumpPartition(self.path, self.channels, resume_state)
+        return _DumpPartition(self.path, self.channels, self.ends, resume_state)
 
 
 def to_json(value: Any) -> Any:

@@ -75,6 +75,44 @@ class Lateness:
 LATENESS = Lateness()  # shared by the partitions of one process: load slows them all
 
 
+class Alignment:
+    """Event-time alignment of the partitions this process reads (Flink calls it watermark alignment).
+
+    The sequenced stages release an item only once every input partition has passed its time
+    (``flows.sequencing``). While catching up a backlog, a partition whose records are sparse in
+    time (channel orders, transaction metadata of a quiet source) reads hours ahead of a dense one
+    (inventory balances) in a few batches, and everything it read waits in the stages' buffers,
+    which every snapshot then writes whole: on 200,000 records, a few megabytes per shard and epoch.
+    So a partition that is more than ``AHEAD_MS`` of event time ahead of the slowest partition
+    still reading skips its turn until the slowest catches up. A partition read to its end (or not
+    read yet) holds nobody back, and the slowest never waits, so the backlog always moves. Outputs
+    do not change: the stages order by event time whatever the arrival order.
+    """
+
+    AHEAD_MS = 1_000
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # the worker threads of a process share it
+        self.clocks: dict[str, int] = {}  # partition -> timestamp of its newest record read (still reading)
+
+    def read(self, channel: str, ms: int) -> None:
+        with self.lock:
+            self.clocks[channel] = ms
+
+    def caught_up(self, channel: str) -> None:
+        with self.lock:
+            self.clocks.pop(channel, None)
+
+    def ahead(self, channel: str) -> bool:
+        with self.lock:
+            mine = self.clocks.get(channel)
+            return mine is not None and mine > min(self.clocks.values()) + self.AHEAD_MS
+
+
+ALIGNMENT = Alignment()  # shared by the partitions of one process
+ALIGNMENT_RETRY_MS = 5
+
+
 class _WorkerConsumer:
     """One Kafka consumer for every raw partition a bytewax worker reads.
 
@@ -128,6 +166,16 @@ class _WorkerConsumer:
                 continue
             part.eof = False
             part.buffer.append(msg)
+            if len(part.buffer) >= 2 * part.batch_size and not part.fetch_paused:
+                # a partition that skips its turns (``Alignment``) must not buffer its whole backlog
+                self.consumer.pause([TopicPartition(part.topic, part.partition)])
+                part.fetch_paused = True
+
+    def drained(self, part: _RawPartition) -> None:
+        """`part` took records from its buffer: fetch for it again once it runs low."""
+        if part.fetch_paused and len(part.buffer) < part.batch_size:
+            self.consumer.resume([TopicPartition(part.topic, part.partition)])
+            part.fetch_paused = False
 
 
 class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
@@ -142,6 +190,8 @@ class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
         self.quiet_ms = quiet_ms
         self.buffer: deque[Any] = deque()
         self.eof = False  # the consumer reached the partition's end after its last buffered record
+        self.fetch_paused = False  # its buffer is full: the shared consumer does not fetch for it
+        self.paused = False  # skipped its turn: ahead of the slowest partition (``Alignment``)
         self.told_ms = 0  # when Progress was last sent
         self.shared = _WorkerConsumer.of_this_worker(config)
         self.shared.add(self, self.offset)
@@ -156,28 +206,43 @@ class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
         if len(self.buffer) < self.batch_size:
             self.shared.fill(self.batch_size)
         out: list[RawRecord | Progress] = []
+        if ALIGNMENT.ahead(self.channel):
+            self.paused = True
+            return out
+        self.paused = False
         now = int(time.time() * 1000)
+        newest = 0
         buffer = self.buffer
         for _ in range(min(len(buffer), self.batch_size)):
             msg = buffer.popleft()
             raw = _to_raw(msg, self.channel)
             if raw.timestamp_ms > 0:
                 LATENESS.observe(now, now - raw.timestamp_ms)
+                newest = raw.timestamp_ms
             out.append(raw)
             self.offset = (msg.offset() or 0) + 1
+        self.shared.drained(self)
+        if self.at_end:
+            ALIGNMENT.caught_up(self.channel)
+        elif newest:
+            ALIGNMENT.read(self.channel, newest)
         if self.at_end and (not out or now - self.told_ms >= self.quiet_ms):
             out.append(Progress(self.channel, now - LATENESS.current(now)))
             self.told_ms = now
         return out
 
     def next_awake(self) -> datetime | None:
-        # Caught up: look again soon (the marks of a quiet partition keep event time moving).
-        return datetime.now(UTC) + timedelta(milliseconds=self.quiet_ms) if self.at_end else None
+        # Caught up: look again soon (the marks of a quiet partition keep event time moving); ahead
+        # of the others (``Alignment``): look again shortly.
+        if self.at_end:
+            return datetime.now(UTC) + timedelta(milliseconds=self.quiet_ms)
+        return datetime.now(UTC) + timedelta(milliseconds=ALIGNMENT_RETRY_MS) if self.paused else None
 
     def snapshot(self) -> int:
         return self.offset
 
     def close(self) -> None:
+        ALIGNMENT.caught_up(self.channel)
         self.shared.remove(self)
 
 

@@ -17,7 +17,7 @@ from erpsync import telemetry
 from erpsync.ops import MIGRATIONS_DIR
 from erpsync.settings import Settings
 from state.availability import POSITION_SYSTEMS
-from state.records import Emit, event_ms_of
+from state.records import Emit, event_ms_of, newest_versions
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,12 @@ class UpsertSink(DynamicSink[Emit]):
     """
 
     def __init__(self, settings: Settings, sql: str, to_row: Callable[[dict[str, Any]], Any], *,
-                 login: Callable[[Settings], psycopg.Connection[Any]] = connect, sink: str = "ops-db") -> None:
+                 login: Callable[[Settings], psycopg.Connection[Any]] = connect, sink: str = "ops-db",
+                 newest_of: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.settings, self.sql, self.to_row, self.login, self.sink = settings, sql, to_row, login, sink
+        # For upserts fenced by a version that only grows: a batch writes only each key's newest record
+        # (the others would be written and overwritten in the same transaction, or fenced out).
+        self.newest_of = newest_of
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _UpsertPartition:
         return _UpsertPartition(self)
@@ -201,7 +205,8 @@ class _UpsertPartition(StatelessSinkPartition[Emit]):
         name = self.sink.sink
         rows: list[Any] = []
         refused: list[tuple[Emit, BaseException]] = []
-        for e in items:
+        written = items if self.sink.newest_of is None else newest_versions(items, self.sink.newest_of)
+        for e in written:
             try:
                 rows.append(self.sink.to_row(e.value))
             except (KeyError, TypeError, ValueError) as exc:  # a record this table cannot hold
@@ -210,7 +215,7 @@ class _UpsertPartition(StatelessSinkPartition[Emit]):
             guarded(name, lambda: self._write(rows), drop=self._drop)
         except psycopg.Error:
             # One of them is refused (a value the column cannot take): write them one by one.
-            for e, row in zip([e for e in items if not any(e is r for r, _ in refused)], rows, strict=True):
+            for e, row in zip([e for e in written if not any(e is r for r, _ in refused)], rows, strict=True):
                 try:
                     guarded(name, functools.partial(self._write, [row]), drop=self._drop)
                 except psycopg.Error as exc:
@@ -224,12 +229,20 @@ class _UpsertPartition(StatelessSinkPartition[Emit]):
 
 def AvailabilitySink(settings: Settings) -> UpsertSink:  # noqa: N802  (reads as the sink it makes)
     """Availability records into sync.availability, fenced by source position per system."""
-    return UpsertSink(settings, _UPSERT_AVAILABILITY, availability_row)
+    return UpsertSink(settings, _UPSERT_AVAILABILITY, availability_row, newest_of=channel_sku)
 
 
 def OrderStatusSink(settings: Settings) -> UpsertSink:  # noqa: N802
     """OrderStatus records into sync.order_status, fenced by the status version."""
-    return UpsertSink(settings, _UPSERT_ORDER_STATUS, order_status_row)
+    return UpsertSink(settings, _UPSERT_ORDER_STATUS, order_status_row, newest_of=channel_order)
+
+
+def channel_sku(value: dict[str, Any]) -> tuple[str, str]:
+    return value["channel"], value["sku"]
+
+
+def channel_order(value: dict[str, Any]) -> tuple[str, str]:
+    return value["channel"], value["external_order_id"]
 
 
 def ExceptionSink(settings: Settings) -> UpsertSink:  # noqa: N802

@@ -14,10 +14,11 @@ from typing import Any
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from connectors.ops_db import channel_sku
 from connectors.resilience import Rejects, guarded
 from erpsync import telemetry
 from erpsync.settings import Settings
-from state.records import Emit
+from state.records import Emit, newest_versions
 
 FENCED_HSET = """
 local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1')
@@ -104,8 +105,9 @@ class _AtsPartition(StatelessSinkPartition[Emit]):
         return results
 
     def write_batch(self, items: list[Emit]) -> None:
-        results = guarded("redis", lambda: self._write(items))
-        refused = [(e, r) for e, r in zip(items, results, strict=True) if isinstance(r, Exception)]
+        newest = newest_versions(items, channel_sku)  # the fence would keep only these
+        results = guarded("redis", lambda: self._write(newest))
+        refused = [(e, r) for e, r in zip(newest, results, strict=True) if isinstance(r, Exception)]
         Rejects.send(self.settings, "redis", refused)
         telemetry.sink_latency("redis", "ats", (e.value["event_time_ms"] for e in items))
 

@@ -24,7 +24,7 @@ from bytewax.run import cli_main
 from connectors import http_channels, kafka, lifecycle, ops_db
 from connectors import redis as redis_store
 from connectors.erp_intake import IntakeWriter
-from connectors.files import DumpSource, RedisWrite, ReplaySink, dump_channels
+from connectors.files import DumpSource, RedisWrite, ReplaySink, dump_channel_ends
 from connectors.kafka import Serializer
 from connectors.kafka_out import (
     Outgoing,
@@ -100,11 +100,12 @@ def replay(settings: Settings, registry: SchemaRegistry, source: Path, target: P
     plan = OutputPlan.of(channels)
     sink = ReplaySink(target, registry, plan)
     streams: list[Stream[object]] = []
-    inputs = dump_channels(source)
+    ends = dump_channel_ends(source)
+    inputs = sorted(ends)
 
     def raw(flow: Dataflow) -> Stream[RawRecord | Progress | DeadLetter]:
         # Progress hook (erpsync.progress): counts the dump's records as the source reads them.
-        dump = DumpSource(source, inputs)
+        dump = DumpSource(source, inputs, ends)
         return op.input("replay_input", flow, dump if on_input is None else counting_source(
             dump, on_input, lambda item: not isinstance(item, Progress)))
 

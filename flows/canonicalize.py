@@ -22,6 +22,7 @@ from schemas.registry import SchemaRegistry
 from state.changes import Canonicalizer, EntityInfo, PartitionReader, ReaderState
 from state.dead_letters import replayed_exception
 from state.records import DeadLetter, Emit, Ignored, Progress, RawRecord
+from state.sequencer import Mark
 
 
 def make_canonicalizer(registry: SchemaRegistry, mappings_dir: Path | None = None) -> Canonicalizer:
@@ -83,14 +84,16 @@ def _count_read(values: list[RawRecord | Progress], out: list[Any]) -> None:
     records = sum(isinstance(v, RawRecord) for v in values)
     if not records:
         return
-    dlq = ignored = 0
+    dlq = ignored = marks = 0
     for o in out:
         if isinstance(o, DeadLetter):
             dlq += 1
         elif isinstance(o, Ignored):
             ignored += 1
+        elif isinstance(o, Mark):  # a source's Progress read in the same batch: not an output record
+            marks += 1
     telemetry.count("read", "in", records)
-    telemetry.count("read", "out", len(out) - dlq - ignored)
+    telemetry.count("read", "out", len(out) - dlq - ignored - marks)
     if dlq:
         telemetry.count("read", "dlq", dlq)
     if ignored:

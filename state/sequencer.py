@@ -41,6 +41,9 @@ class Mark:
     ms: int
     spans: tuple[tuple[int, int], ...] = ()  # closed transactions (first ms, last ms) of this channel's system
 
+    def __reduce__(self) -> tuple[Any, ...]:  # see state.records.Emit.__reduce__
+        return (Mark, (self.channel, self.ms, self.spans))
+
 
 @dataclass(slots=True)
 class Stamped:
@@ -54,6 +57,9 @@ class Stamped:
     wake: int = 0  # ask for a Wake for this key at this event time (0: none)
     tx: Any = None  # the source transaction it is part of or caused by (None: a transaction of its own)
     last: bool = False  # the key's state after it holds only whole transactions: the step may close
+
+    def __reduce__(self) -> tuple[Any, ...]:  # see state.records.Emit.__reduce__
+        return (Stamped, (self.step, self.key, self.time, self.order, self.item, self.wake, self.tx, self.last))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,16 +106,16 @@ class Sequencer:
 
     def watermark(self, st: SeqState) -> int | None:
         """What every expected channel has promised, moved back so that no closed span is cut."""
+        low = self._promised(st)
+        return None if low is None else _uncut(st.spans, low)
+
+    def _promised(self, st: SeqState) -> int | None:
         if not self.channels:
             return END_MS
         try:
-            low = min(st.marks[c] for c in self.channels)
+            return min(st.marks[c] for c in self.channels)
         except KeyError:
             return None  # a channel not heard from yet may still send anything
-        for first, last in sorted(st.spans, reverse=True):
-            if first <= low < last:
-                low = first - 1
-        return low
 
     def _mark(self, st: SeqState, mark: Mark) -> list[Stamped]:
         if mark.channel not in self.channels:
@@ -117,9 +123,15 @@ class Sequencer:
         if mark.ms > st.marks.get(mark.channel, -1):
             st.marks[mark.channel] = mark.ms
         if mark.spans:
-            st.spans.extend(s for s in mark.spans if s[1] > st.released)
-        low = self.watermark(st)
+            # a span within one millisecond can never be cut: a watermark is a whole millisecond
+            st.spans.extend(s for s in mark.spans if s[1] > st.released and s[1] > s[0])
+        # The promise alone first: while it has not moved past what was released (a channel that is
+        # behind), the spans need not be looked at (a replay buffers until its slowest channel moves).
+        low = self._promised(st)
         if low is None or low <= st.released:
+            return []
+        low = _uncut(st.spans, low)
+        if low <= st.released:
             return []
         return self.release(st, low)
 
@@ -140,6 +152,17 @@ class Sequencer:
             st.spans = [s for s in st.spans if s[1] > upto]
         mark_closing(out)
         return out
+
+
+def _uncut(spans: list[tuple[int, int]], low: int) -> int:
+    """`low` moved back before every closed span it would cut (moving back may cut an earlier one)."""
+    cut = [s for s in spans if s[0] <= low < s[1]]
+    if not cut:
+        return low
+    for first, last in sorted((s for s in spans if s[0] <= low), reverse=True):
+        if first <= low < last:
+            low = first - 1
+    return low
 
 
 def mark_closing(items: list[Stamped]) -> None:
