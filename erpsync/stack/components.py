@@ -215,8 +215,7 @@ REDIS_READER_RULES = ("resetkeys %R~ats:* %R~price:* resetchannels -@all +@conne
 
 
 def redis_acl(r: RedisSettings) -> str:
-    """The ACL file: the default user disabled (see REDIS_DEFAULT_RULES), the pipeline's and the storefronts'
-    users (SHA-256 hashed passwords)."""
+    """The ACL file: the default user off (REDIS_DEFAULT_RULES), the pipeline's and the storefronts' users."""
 
     def digest(password: str) -> str:
         return hashlib.sha256(password.encode()).hexdigest()
