@@ -62,8 +62,8 @@ def supervised(tmp_path_factory: pytest.TempPathFactory, settings: Settings) -> 
     assert status == 0, f"a clean stop exits 0, not {status}\n{run.log_text[-3000:]}"
 
 
-def workload_with(settings: Settings, fault: Callable[[], None], *, seed: int) -> tuple[Manifest, int]:
-    """The workload of one scenario, with `fault` injected once its orders are flowing."""
+def workload_with(settings: Settings, fault: Callable[[], None], *, seed: int) -> tuple[Manifest, int, float]:
+    """The workload of one scenario, with `fault` injected once its orders are flowing; and when the fault ended."""
     since_ms = int(time.time() * 1000) - 1000
     tag = f"F{unique('')[-6:].upper()}"
     started = threading.Event()
@@ -79,31 +79,36 @@ def workload_with(settings: Settings, fault: Callable[[], None], *, seed: int) -
     assert started.wait(240), "the workload's catalog was not published"
     time.sleep(2)  # orders are on their way
     fault()
+    fault_over = time.monotonic()
     worker.join(420)
     assert not worker.is_alive(), "the workload did not finish"
     manifest: Manifest = result["manifest"]
     assert manifest.drained, manifest.summary()
-    return manifest, since_ms
+    return manifest, since_ms, fault_over
 
 
-def check(settings: Settings, registry: SchemaRegistry, run: Supervised, manifest: Manifest, since_ms: int,
-          erp: psycopg.Connection[Any]) -> None:
-    """The scenario's outcome: accurate, exactly once, still running."""
+def check(settings: Settings, registry: SchemaRegistry, run: Supervised, manifest: Manifest, since_ms: int) -> float:
+    """The scenario's outcome: accurate, exactly once, still running; when reconcile first read 100%."""
     tag = manifest.tag
     deadline = time.monotonic() + 120
     while True:  # the pipeline catches up on what happened during the fault
         report = reconcile(settings, sku_like=f"SKU-{tag}-%", order_like=f"{tag}-%")
-        if report.kpis.inventory_accuracy_pct == 100.0 or time.monotonic() > deadline:
+        accurate_at = time.monotonic()
+        if report.kpis.inventory_accuracy_pct == 100.0 or accurate_at > deadline:
             break
         time.sleep(3)
     assert report.kpis.inventory_pairs > 0 and report.kpis.inventory_accuracy_pct == 100.0, report.by_kind()
-    rows = erp.execute("SELECT channel || ':' || external_order_id, count(*) FROM erp.order_intake "
-                       "WHERE external_order_id LIKE %s GROUP BY 1", (f"{tag}-%",)).fetchall()
+    e = settings.erp  # a connection of its own: one opened before the fault may have been cut by it
+    with psycopg.connect(host=e.host, port=e.port, dbname=e.dbname, user=e.user,
+                         password=e.password.get_secret_value(), autocommit=True) as erp:
+        rows = erp.execute("SELECT channel || ':' || external_order_id, count(*) FROM erp.order_intake "
+                           "WHERE external_order_id LIKE %s GROUP BY 1", (f"{tag}-%",)).fetchall()
     assert sorted(k for k, _ in rows) == sorted(manifest.expected_accepted())
     assert {n for _, n in rows} == {1}
     doubled = duplicates(settings, registry, OUTPUT_TOPICS, since_ms, tag)
     assert not doubled, sorted(doubled.items())[:10]
     assert run.alive(), run.log_text[-3000:]
+    return accurate_at
 
 
 def test_kill_9_while_catching_up_on_history(supervised: Supervised) -> None:
@@ -178,12 +183,15 @@ def _redis_empty(settings: Settings, run: Supervised) -> None:
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
-def test_the_pipeline_waits_out(name: str, supervised: Supervised, settings: Settings, registry: SchemaRegistry,
-                                erp: psycopg.Connection[Any]) -> None:
+def test_the_pipeline_waits_out(name: str, supervised: Supervised, settings: Settings,
+                                registry: SchemaRegistry) -> None:
     restarts = supervised.restarts
-    manifest, since_ms = workload_with(settings, lambda: SCENARIOS[name](settings, supervised),
-                                       seed=list(SCENARIOS).index(name) + 11)
-    check(settings, registry, supervised, manifest, since_ms, erp)
+    manifest, since_ms, fault_over = workload_with(settings, lambda: SCENARIOS[name](settings, supervised),
+                                                   seed=list(SCENARIOS).index(name) + 11)
+    accurate_at = check(settings, registry, supervised, manifest, since_ms)
+    # for the issue note: an upper bound of the time to recover (the workload's orders all final, then
+    # reconcile at 100%); nothing lost or duplicated, or `check` failed
+    print(f"\n{name}: accurate {accurate_at - fault_over:.0f} s after the fault ended; lost 0, duplicated 0")
     if name.startswith("kill"):
         assert supervised.restarts == restarts + 1
     else:
