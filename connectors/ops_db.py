@@ -271,19 +271,20 @@ def write_exceptions(settings: Settings, records: list[Emit]) -> None:
 
 # ----------------------------------------------------------------------------- seed marker
 
-def mark_seeded(settings: Settings, token: str) -> None:
-    """Record that the ops tables hold the pipeline's outputs (`token`: its recovery store)."""
+def mark_seeded(settings: Settings, token: str, process_id: int = 0) -> None:
+    """Record that the ops tables hold the outputs of pipeline process `process_id` (`token`: its recovery store)."""
     with connect(settings) as conn:
-        conn.execute("INSERT INTO sync.seeded (store, token) VALUES ('ops-db', %s) "
-                     "ON CONFLICT (store) DO UPDATE SET token = excluded.token, at = now()", (token,))
+        conn.execute("INSERT INTO sync.seeded (store, token) VALUES (%s, %s) "
+                     "ON CONFLICT (store) DO UPDATE SET token = excluded.token, at = now()",
+                     (f"ops-db:{process_id}", token))
         conn.commit()
 
 
-def seeded(settings: Settings) -> str | None:
-    """The token of the pipeline whose outputs the ops tables hold; None if they lost them (or never had)."""
+def seeded(settings: Settings, process_id: int = 0) -> str | None:
+    """The token of the pipeline process whose outputs the ops tables hold; None if they lost them (or never had)."""
     with connect(settings) as conn:
         try:
-            row = conn.execute("SELECT token FROM sync.seeded WHERE store = 'ops-db'").fetchone()
+            row = conn.execute("SELECT token FROM sync.seeded WHERE store = %s", (f"ops-db:{process_id}",)).fetchone()
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
             return None
     return None if row is None else str(row[0])

@@ -59,17 +59,20 @@ def client(settings: Settings, *, reader: bool = False, socket_timeout: float = 
     return redis.Redis.from_pool(pool)
 
 
-SEED_KEY = "erpsync:seeded"  # present while Redis holds the pipeline's outputs (see `seeded`)
+SEED_KEY = "erpsync:seeded"  # + ":<process id>": present while Redis holds that process's outputs (`seeded`)
 
 
-def mark_seeded(settings: Settings, token: str) -> None:
-    """Record that Redis holds the pipeline's outputs (`token`: its recovery store)."""
-    client(settings).set(SEED_KEY, token)
+def mark_seeded(settings: Settings, token: str, process_id: int = 0) -> None:
+    """Record that Redis holds the outputs of pipeline process `process_id` (`token`: its recovery store).
+
+    One marker per process of a cluster: each process holds (and re-seeds) the state of its own keys.
+    """
+    client(settings).set(f"{SEED_KEY}:{process_id}", token)
 
 
-def seeded(settings: Settings) -> str | None:
-    """The token of the pipeline whose outputs Redis holds; None after Redis lost its data (or never had it)."""
-    value = client(settings, socket_timeout=5).get(SEED_KEY)
+def seeded(settings: Settings, process_id: int = 0) -> str | None:
+    """The token of the pipeline process whose outputs Redis holds; None after Redis lost its data (or never had it)."""
+    value = client(settings, socket_timeout=5).get(f"{SEED_KEY}:{process_id}")
     return None if value is None else value.decode() if isinstance(value, bytes) else str(value)
 
 

@@ -12,6 +12,8 @@ the partitions ``part-k`` with ``k % processes == process_id``, in its recovery 
 processes of one host can share one directory (the shares do not overlap), and processes on
 different hosts each keep their own volume: a process restarted with the same id and the same
 volume finds its partitions, and the cluster resumes from the last snapshot all of them completed.
+The cluster's size (processes x workers) is fixed for its recovery directories: ``ensure_recovery``
+refuses a directory made for another size.
 If one process dies, the others fail too (their peer is gone) and their supervisors start them
 again; they meet again at their addresses and resume together.
 """
@@ -50,9 +52,10 @@ class Cluster:
     def of(cls, settings: Settings) -> Cluster:
         f = settings.flows
         cluster = cls(tuple(f.addresses), f.process_id, f.workers)
-        if cluster.addresses and not 0 <= cluster.process_id < len(cluster.addresses):
+        if not 0 <= cluster.process_id < cluster.processes:  # without addresses: one process, id 0
+            ids = f"ids 0 to {len(f.addresses) - 1}" if f.addresses else "none given: a single process, id 0"
             raise ValueError(f"ERPSYNC_FLOWS__PROCESS_ID={cluster.process_id} is not the index of an address in "
-                             f"ERPSYNC_FLOWS__ADDRESSES ({len(cluster.addresses)} processes: ids 0..)")
+                             f"ERPSYNC_FLOWS__ADDRESSES ({ids})")
         return cluster
 
     @property
@@ -85,25 +88,41 @@ def _locked(directory: Path) -> Iterator[None]:
 def ensure_recovery(directory: Path, cluster: Cluster) -> bool:
     """Create this process's share of the recovery partitions if it has none; True when it created them.
 
-    The partition count (all processes x workers) is fixed when the first process creates its share;
-    a later process finds the count in ``partitions`` beside them.
+    The partition count (all processes x workers) is fixed when the first process creates its share:
+    a later process finds the count in ``partitions`` beside them (a directory from before clusters
+    has part files only: one process held them all). Refused, with the reason: a directory made for
+    another cluster size (the dataflow is laid out for its worker count: sequencing fences address
+    each worker; resuming at another size is not built), and one holding only part of this process's
+    share (the rest is in another process's directory: creating it empty would lose its snapshots,
+    and bytewax would refuse to resume later, naming partitions "too old").
     """
     from bytewax.recovery import init_db_dir  # noqa: PLC0415 - bytewax only where flows run
 
     with _locked(directory):
         count_file = directory / "partitions"
-        count = int(count_file.read_text()) if count_file.exists() else cluster.total_workers
+        found = len(list(directory.glob("part-*.sqlite3")))
+        count = int(count_file.read_text()) if count_file.exists() else found or cluster.total_workers
+        if count != cluster.total_workers:
+            raise ValueError(
+                f"recovery directory {directory} was made for a cluster of {count} workers in all; this one has "
+                f"{cluster.processes} process(es) x {cluster.workers_per_process} worker(s) = {cluster.total_workers}. "
+                "Start it with its former size, or with new recovery directories (the pipeline then reads its "
+                "topics again from the start)")
         mine = [k for k in range(count) if k % cluster.processes == cluster.process_id]
-        if all((directory / f"part-{k}.sqlite3").exists() for k in mine):
+        present = [k for k in mine if (directory / f"part-{k}.sqlite3").exists()]
+        if present == mine:
             return False
+        if present:
+            raise ValueError(
+                f"recovery directory {directory} holds partitions {present} of its share {mine} (process "
+                f"{cluster.process_id} of {cluster.processes}), not {sorted(set(mine) - set(present))}: they are in "
+                "another process's directory. Start the cluster with the processes and directories it had, or with "
+                "new recovery directories")
+        count_file.write_text(str(count))  # before the parts: part files without it are a single process's
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             init_db_dir(Path(tmp), count)
             for k in mine:
-                target = directory / f"part-{k}.sqlite3"
-                if not target.exists():
-                    shutil.move(str(Path(tmp) / f"part-{k}.sqlite3"), target)
-        if not count_file.exists():
-            count_file.write_text(str(count))
+                shutil.move(str(Path(tmp) / f"part-{k}.sqlite3"), directory / f"part-{k}.sqlite3")
         created = directory / "created_ms"
         if not created.exists():
             created.write_text(str(int(time.time() * 1000)))
@@ -171,23 +190,21 @@ class LocalCluster:
                 signal.signal(s, handler)
 
     def _wait(self) -> int:
-        """Until every child has exited; the first failure stops the others. The worst exit status."""
-        worst = 0
+        """Until every child has exited; the first failure stops the others and is the exit status."""
+        first = 0
         while any(c.poll() is None for c in self.children):
             for child in self.children:
                 code = child.poll()
-                if code not in (None, 0) and not self.stopping:
+                if code not in (None, 0) and not self.stopping and not first:
+                    first = code  # not the statuses of the peers stopped because of it
                     self._signal_all(signal.SIGTERM)  # its peers cannot go on without it
                     deadline = time.monotonic() + 20
                     while any(c.poll() is None for c in self.children) and time.monotonic() < deadline:
                         time.sleep(0.2)
                     self._signal_all(signal.SIGKILL)
             time.sleep(0.2)
-        for child in self.children:
-            code = child.wait()
-            if code != 0:
-                worst = code if worst == 0 else worst
-        return worst
+        codes = [child.wait() for child in self.children]
+        return first or next((code for code in codes if code != 0), 0)
 
 
 def child_argv(args: Sequence[str]) -> list[str]:

@@ -189,9 +189,9 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     fresh = ensure_recovery(recovery, cluster)  # this process's share of the snapshots (erpsync.cluster)
     token = f"{recovery.resolve()}@{recovery_created_ms(recovery)}"
     HEALTH.configure(settings, recovery / f"health-{cluster.process_id}.json")
-    reseed = frozenset() if fresh else stores_to_reseed(settings, token)
+    reseed = frozenset() if fresh else stores_to_reseed(settings, token, cluster.process_id)
     if fresh:  # reading history from the start fills both
-        mark_seeded(settings, token, SEED_STORES)
+        mark_seeded(settings, token, SEED_STORES, cluster.process_id)
     log.info("running the pipeline on %s: process %d of %d, %d worker(s) each, recovery in %s",
              settings.kafka.bootstrap_servers, cluster.process_id, cluster.processes, cluster.workers_per_process,
              recovery)
@@ -199,7 +199,7 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     # to the delivery engine, which never blocks the dataflow (one engine for every run of the dataflow).
     push_sink = http_channels.PushSink(settings, channels, serialize)
     tune_gc()
-    with lifecycle.stop_on_signals(), Watchdog(settings, token) as watchdog:
+    with lifecycle.stop_on_signals(), Watchdog(settings, token, cluster) as watchdog:
         while True:
             if reseed:
                 log.warning("re-seeding %s from the pipeline's state", " and ".join(sorted(reseed)))
@@ -311,19 +311,24 @@ def _causes(exc: BaseException) -> list[BaseException]:
 SEED_STORES = frozenset({"redis", "ops-db"})
 
 
-def mark_seeded(settings: Settings, token: str, stores: frozenset[str]) -> None:
+def mark_seeded(settings: Settings, token: str, stores: frozenset[str], process_id: int) -> None:
     if "redis" in stores:
-        redis_store.mark_seeded(settings, token)
+        redis_store.mark_seeded(settings, token, process_id)
     if "ops-db" in stores:
-        ops_db.mark_seeded(settings, token)
+        ops_db.mark_seeded(settings, token, process_id)
 
 
-def stores_to_reseed(settings: Settings, token: str) -> frozenset[str]:
-    """The stores whose seed marker is not this pipeline's (they lost its outputs); unreachable ones are not."""
+def stores_to_reseed(settings: Settings, token: str, process_id: int) -> frozenset[str]:
+    """The stores whose marker for this process is not its token (they lost its outputs); unreachable ones are not.
+
+    Each process of a cluster has its own marker, so a store that lost its data is re-seeded by every
+    process (each re-publishes the keys it holds), and the processes' recovery stores (one volume
+    each, with its own token) never take each other's marker for a loss.
+    """
     lost = set()
     for store, seeded in (("redis", redis_store.seeded), ("ops-db", ops_db.seeded)):
         try:
-            if seeded(settings) != token:
+            if seeded(settings, process_id) != token:
                 lost.add(store)
         except Exception as exc:  # noqa: BLE001 - down: its sink waits for it, and the watchdog looks again
             log.debug("seed marker of %s not readable: %s", store, exc)
@@ -340,8 +345,9 @@ class Watchdog:
 
     INTERVAL_S = 5.0
 
-    def __init__(self, settings: Settings, token: str) -> None:
-        self.settings, self.token = settings, token
+    def __init__(self, settings: Settings, token: str, cluster: Cluster) -> None:
+        self.settings, self.token, self.cluster = settings, token, cluster
+        self.process_id = cluster.process_id
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="seed-watchdog", daemon=True)
         self.pending: frozenset[str] = frozenset()
@@ -363,12 +369,17 @@ class Watchdog:
         while not self.stop.wait(self.INTERVAL_S):
             if self.pending and time.monotonic() - self.since > settle_s:
                 try:
-                    mark_seeded(self.settings, self.token, self.pending)
+                    mark_seeded(self.settings, self.token, self.pending, self.process_id)
                     log.info("re-seeded %s", " and ".join(sorted(self.pending)))
                     self.pending = frozenset()
                 except Exception as exc:  # noqa: BLE001 - a store down again: try on the next round
                     log.debug("marking %s seeded failed: %s", sorted(self.pending), exc)
                 continue
-            lost = stores_to_reseed(self.settings, self.token) - self.pending
+            lost = stores_to_reseed(self.settings, self.token, self.process_id) - self.pending
             for store in sorted(lost):
                 lifecycle.request_reseed(store, "its seed marker is gone (it lost its data)")
+            if lost and self.cluster.processes > 1:
+                # A cluster's dataflow ends only when every process ends its inputs: rather than
+                # wait for the others, exit; the supervisors start the cluster again, and every
+                # process whose marker is gone re-seeds from its snapshot at start.
+                lifecycle.abandon(f"{' and '.join(sorted(lost))} lost the outputs of process {self.process_id}")

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from erpsync.cli import build_parser
+from erpsync.cluster import Cluster
 from erpsync.settings import SASL_MECHANISM, RedisSettings, Settings, StackSettings
 from erpsync.stack.components import (
     REDIS_PIPELINE_RULES,
@@ -32,6 +33,21 @@ def compose() -> dict[str, Any]:
     return doc
 
 
+def flows(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The pipeline's services (`erpsync run`): one per process of the cluster."""
+    return {name: svc for name, svc in compose["services"].items() if svc.get("command") == ["run"]}
+
+
+def settings_of(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a container with this environment builds at start-up (and nothing else of ours)."""
+    with monkeypatch.context() as m:
+        for name in [n for n in os.environ if n.startswith("ERPSYNC_")]:
+            m.delenv(name)
+        for name, value in env.items():
+            m.setenv(name, value)
+        return Settings()
+
+
 def _pom_property(name: str) -> str:
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     value = ET.parse(ROOT / "debezium" / "pom.xml").getroot().find(f"m:properties/m:{name}", ns)
@@ -40,9 +56,10 @@ def _pom_property(name: str) -> str:
 
 
 def test_topology(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {
-        "kafka", "connect", "connectors", "schema-registry", "schemas", "erp", "ops-db", "wms", "redis", "flows"
+    assert set(compose["services"]) - set(flows(compose)) == {
+        "kafka", "connect", "connectors", "schema-registry", "schemas", "erp", "ops-db", "wms", "redis"
     }
+    assert set(flows(compose)) == {"flows-0", "flows-1"}  # the pipeline: a cluster of two processes
 
 
 def test_images_match_the_local_bill_of_materials(compose: dict[str, Any]) -> None:
@@ -65,9 +82,10 @@ def test_the_registry_is_apicurio_on_postgres_as_in_the_local_stack(compose: dic
     assert f"CREATE DATABASE {local.dbname} OWNER :\"registry_user\"" in init
     # erpsync writes the Confluent wire format through the registry's Confluent-compatible API, and
     # the schemas are registered before the flows start.
-    url = services["flows"]["environment"]["ERPSYNC_KAFKA__SCHEMA_REGISTRY_URL"]
-    assert url == "http://schema-registry:8080/apis/ccompat/v7" and local.url.endswith("/apis/ccompat/v7")
-    assert services["flows"]["depends_on"]["schemas"] == {"condition": "service_completed_successfully"}
+    for svc in flows(compose).values():
+        url = svc["environment"]["ERPSYNC_KAFKA__SCHEMA_REGISTRY_URL"]
+        assert url == "http://schema-registry:8080/apis/ccompat/v7" and local.url.endswith("/apis/ccompat/v7")
+        assert svc["depends_on"]["schemas"] == {"condition": "service_completed_successfully"}
 
 
 def test_connect_worker_settings_match_the_local_worker(compose: dict[str, Any]) -> None:
@@ -114,7 +132,7 @@ def test_databases_are_configured_for_capture(compose: dict[str, Any]) -> None:
 
 def test_erpsync_services_run_real_commands(compose: dict[str, Any]) -> None:
     parser = build_parser()
-    for svc in ("connectors", "schemas", "flows"):
+    for svc in ("connectors", "schemas", *flows(compose)):
         args = parser.parse_args(compose["services"][svc]["command"])
         assert callable(args.func)
 
@@ -200,13 +218,59 @@ def test_ops_database_has_its_own_cluster(compose: dict[str, Any]) -> None:
     assert env["ERPSYNC_OPS__HOST"] == "ops-db" != env["ERPSYNC_ERP__HOST"]
     assert compose["services"]["ops-db"]["environment"]["POSTGRES_DB"] == Settings().ops.dbname
     assert Settings().ops.dbname not in (ROOT / "debezium" / "docker-init" / "10-erp.sh").read_text()
-    assert "ops-db" in compose["services"]["flows"]["depends_on"]
+    assert all("ops-db" in svc["depends_on"] for svc in flows(compose).values())
 
 
 def test_a_pipeline_that_dies_is_restarted(compose: dict[str, Any]) -> None:
-    assert compose["services"]["flows"]["restart"] in ("unless-stopped", "always", "on-failure")
-    # time for a clean stop (final snapshot) before docker kills it
-    assert int(compose["services"]["flows"]["stop_grace_period"].rstrip("s")) >= 10
+    for svc in flows(compose).values():
+        assert svc["restart"] in ("unless-stopped", "always", "on-failure")
+        # time for a clean stop (final snapshot) before docker kills it
+        assert int(svc["stop_grace_period"].rstrip("s")) >= 10
+
+
+def test_the_pipeline_services_are_one_cluster(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each process has its own id, every process lists them all, each keeps its own share of the snapshots."""
+    services = flows(compose)
+    clusters = {name: Cluster.of(settings_of(svc["environment"], monkeypatch)) for name, svc in services.items()}
+    by_id = {c.process_id: name for name, c in clusters.items()}
+    assert sorted(by_id) == list(range(len(services))) and len(services) >= 2  # distinct ids 0..N-1
+    for cluster in clusters.values():
+        assert cluster.processes == len(services)
+        # address i is the service of process i, at the port its process listens on
+        assert [a.rsplit(":", 1)[0] for a in cluster.addresses] == [by_id[i] for i in range(len(services))]
+        assert all(int(a.rsplit(":", 1)[1]) > 0 for a in cluster.addresses)
+    assert len({c.addresses for c in clusters.values()}) == 1 and len({c.total_workers for c in clusters.values()}) == 1
+
+    def recovery_volume(name: str) -> str:
+        """The named volume holding the recovery directory of this service's process."""
+        recovery = settings_of(services[name]["environment"], monkeypatch).recovery_dir
+        held = [m.split(":") for m in services[name]["volumes"] if recovery.is_relative_to(m.split(":")[1])]
+        assert len(held) == 1 and held[0][0] in compose["volumes"] and held[0][2:] != ["ro"], held
+        return str(held[0][0])
+
+    volumes = {name: recovery_volume(name) for name in services}
+    assert len(set(volumes.values())) == len(services)  # each process its own share, none lost to another
+
+    def common(name: str) -> dict[str, Any]:
+        svc = services[name]
+        env = {k: v for k, v in svc["environment"].items() if k != "ERPSYNC_FLOWS__PROCESS_ID"}
+        return {**svc, "environment": env, "volumes": [m for m in svc["volumes"] if m.split(":")[0] != volumes[name]]}
+
+    first, *others = services
+    for name in others:  # the same image, command, settings and mounts otherwise
+        assert common(name) == common(first), name
+    assert common(first)["environment"] == {**compose["x-erpsync-env"],
+                                            "ERPSYNC_FLOWS__ADDRESSES": services[first]["environment"][
+                                                "ERPSYNC_FLOWS__ADDRESSES"]}
+
+
+def test_topics_are_partitioned_for_the_cluster(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connect creates the raw topics with the partition count erpsync creates its own with; enough for every worker."""
+    connect = compose["services"]["connect"]["environment"]
+    for svc in flows(compose).values():
+        settings = settings_of(svc["environment"], monkeypatch)
+        assert int(connect["ERPSYNC_KAFKA_PARTITIONS"]) == settings.kafka.partitions
+        assert settings.kafka.partitions >= Cluster.of(settings).total_workers
 
 
 def test_the_container_reads_channels_from_a_directory_the_deployment_provides(compose: dict[str, Any]) -> None:
@@ -215,6 +279,7 @@ def test_the_container_reads_channels_from_a_directory_the_deployment_provides(c
     channels_dir = env["ERPSYNC_FLOWS__CHANNELS_DIR"]
     assert f"ENV ERPSYNC_FLOWS__CHANNELS_DIR={channels_dir}" in dockerfile
     assert f"COPY erpsync/config/channels {channels_dir}" in dockerfile  # the reference channels by default
-    mounts = {m.split(":")[1]: m.split(":")[0] for m in compose["services"]["flows"]["volumes"] if ":" in m}
-    assert mounts[channels_dir] == "./erpsync/config/channels" and (ROOT / mounts[channels_dir]).is_dir()
+    for svc in flows(compose).values():
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in svc["volumes"] if ":" in m}
+        assert mounts[channels_dir] == "./erpsync/config/channels" and (ROOT / mounts[channels_dir]).is_dir()
     assert Settings.model_validate({"flows": {"channels_dir": channels_dir}}).flows.channels_dir == Path(channels_dir)
