@@ -442,8 +442,7 @@ class ExceptionWriter:
             if self.serialize is None:
                 return
             if self.producer is None:
-                self.producer = Producer({"bootstrap.servers": self.settings.kafka.bootstrap_servers,
-                                          "enable.idempotence": True})
+                self.producer = Producer(self.settings.kafka.client_config() | {"enable.idempotence": True})
             for e in emits:
                 self.producer.produce(EXCEPTIONS_TOPIC, key=e.key.encode(),
                                       value=self.serialize(e.topic, e.schema, e.value))

@@ -136,7 +136,13 @@ class TopicLayout:
         return self.partitions[topic]
 
     def limit(self, topic: str) -> int:
+        if topic not in self.partitions:
+            self.load([topic])
         return min(self.limits.get(topic, PRODUCER_MAX_BYTES), PRODUCER_MAX_BYTES) - RECORD_OVERHEAD
+
+
+def record_size(o: Outgoing) -> int:
+    return len(o.key or b"") + len(o.value or b"") + sum(len(k) + len(v) for k, v in o.headers)
 
 
 def outgoing(layout: TopicLayout, topic: str, key: bytes | None, value: bytes | None,
@@ -257,6 +263,11 @@ class _TransactionalPart(StatefulSinkPartition[Outgoing, PartState]):
         self.pending: list[Outgoing] = []  # this transaction's records, to produce again if it must abort
         self.failed: list[str] = []
         self.refused: list[tuple[Outgoing, KafkaError]] = []
+        # the transaction failed while records were still being produced (a record the broker refused
+        # puts it in an abortable state, and every produce() after raises): the rest of the epoch's
+        # records only join `pending`; the commit aborts and writes them again
+        self.doomed = False
+        self.refusals: Counter[int] = Counter()  # times each record of the transaction was refused
         if self.skip:
             log.info("kafka output part %d: %d record(s) committed after the last snapshot will not be written again",
                      part, sum(self.skip.values()))
@@ -326,7 +337,8 @@ class _TransactionalPart(StatefulSinkPartition[Outgoing, PartState]):
                 self._call(self.producer.begin_transaction, "begin_transaction")
                 self.in_tx = True
             self.pending.append(o)
-            self._produce(o)
+            if not self.doomed:
+                self._produce(o)
 
     def _produce(self, o: Outgoing) -> None:
         while True:
@@ -340,6 +352,9 @@ class _TransactionalPart(StatefulSinkPartition[Outgoing, PartState]):
                     lifecycle.abandon("stopped while Kafka was not taking records")
             except KafkaException as exc:  # refused before sending (its size): set aside, see _commit
                 err = _kafka_error(exc)
+                if err is not None and (err.code() == KafkaError._STATE or err.txn_requires_abort()):
+                    self.doomed = True  # the transaction failed meanwhile: see `doomed`
+                    return
                 if err is None or err.code() not in REFUSED:
                     raise
                 self.refused.append((o, err))
@@ -363,11 +378,11 @@ class _TransactionalPart(StatefulSinkPartition[Outgoing, PartState]):
     def _commit(self) -> None:
         while True:
             try:
-                if self.refused:  # the broker refused some (a topic limit lowered since the start)
+                if self.refused or self.doomed:  # the broker refused some (a topic limit lowered since the start)
                     raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "records refused",
                                                     txn_requires_abort=True))
                 self._call(lambda: self.producer.commit_transaction(30), "commit_transaction")
-                if self.refused:  # (refused while committing)
+                if self.refused or self.doomed:  # (refused while committing)
                     continue
                 break
             except KafkaException as exc:
@@ -381,9 +396,11 @@ class _TransactionalPart(StatefulSinkPartition[Outgoing, PartState]):
                 self._call(lambda: self.producer.abort_transaction(30), "abort_transaction")
                 self._set_aside_refused()
                 self.failed.clear()
+                self.doomed = False
                 self._call(self.producer.begin_transaction, "begin_transaction")
                 for o in self.pending:
-                    self._produce(o)
+                    if not self.doomed:
+                        self._produce(o)
         if self.failed:
             failures, self.failed = self.failed, []
             raise KafkaException(f"{len(failures)} Kafka deliveries failed, first: {failures[0]}")
@@ -394,18 +411,29 @@ class _TransactionalPart(StatefulSinkPartition[Outgoing, PartState]):
         for topic, times in by_topic.items():
             telemetry.sink_latency(SINK, topic, times)
         self.pending = []
+        self.refusals.clear()
 
     def _set_aside_refused(self) -> None:
-        """Records the broker refused leave the transaction for the DLQ (outside it: at least once)."""
+        """Records the broker refused leave the transaction for the DLQ (outside it: at least once).
+
+        The broker refuses a whole produce request for one record too large, so the topic's limit is
+        read again and only the records over it are set aside; the others are written again.
+        """
         if not self.refused:
             return
         refused, self.refused = self.refused, []
-        ids = {id(o) for o, _ in refused}
+        layout = self.sink.layout
+        layout.forget([o.topic for o, _ in refused])  # its limit changed: read it again
+        for o, _ in refused:
+            self.refusals[id(o)] += 1
+        # over the limit, refused for another reason than size, or refused again: the DLQ
+        over = [(o, err) for o, err in refused if record_size(o) > layout.limit(o.topic)
+                or err.code() != KafkaError.MSG_SIZE_TOO_LARGE or self.refusals[id(o)] > 1]
+        ids = {id(o) for o, _ in over}
         self.pending = [o for o in self.pending if id(o) not in ids]
-        self.sink.layout.forget([o.topic for o, _ in refused])  # its limit changed: read it again
         Rejects.send_raw(self.sink.settings, "kafka", [
-            (o.topic, o.key, f"{o.topic} refused a record of {len(o.value or b'')} bytes: {err.str()}")
-            for o, err in refused])
+            (o.topic, o.key, f"{o.topic} refused a record of {record_size(o)} bytes: {err.str()}")
+            for o, err in over])
 
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         """A producer/consumer call, retried while Kafka is unreachable (with HEALTH, and stoppable)."""

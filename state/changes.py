@@ -174,11 +174,15 @@ class Canonicalizer:
                 if not isinstance(after, dict):
                     return [DeadLetter(raw, f"op {op!r} without an 'after' row", STEP)]
                 fields = self._convert_merging_toast(mapping, after, before_row)
-            key = encode_key([fields[k] for k in mapping.key])
+            values = [fields[k] for k in mapping.key]
+            key = encode_key(values)
         except BadValue as exc:
             return [DeadLetter(raw, str(exc), STEP)]
-        if "\x00" in key or any(ord(c) < 0x20 for c in key):
-            return [DeadLetter(raw, f"control character in the key of {mapping.table}: {key!r}", STEP)]
+        bad = [k for k, v in zip(mapping.key, values, strict=True)
+               if isinstance(v, str) and any(ord(c) < 0x20 for c in v)]
+        if bad:  # (the key's JSON escapes them): a NUL reaches no store, and no channel can use such a key
+            return [DeadLetter(raw, f"control character in the key of {mapping.table} ({', '.join(bad)}): {key!r}",
+                               STEP)]
         if mapping.system != entity.owner:
             return [self._sor_violation(raw, mapping, entity, key, source, position, time)]
         return [self._emit(raw, mapping, entity, key, source, position, op == "d", fields, before, time)]

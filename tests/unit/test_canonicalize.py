@@ -165,6 +165,8 @@ def test_stale_event_after_newer_one_is_ignored(captured: list[RawRecord], canon
     ("on_hand", -5, "negative quantity"),
     ("on_hand", "ten", "expected an integer"),
     ("sku", None, "missing required value"),
+    ("sku", "SKU-NUL\x00-1", "control character"),  # MariaDB takes it; its key JSON-escapes it
+    ("location", "DC\nEAST", "control character"),
 ])
 def test_invalid_rows_go_to_dlq(captured: list[RawRecord], canonicalizer: Canonicalizer,
                                 column: str, value: Any, reason: str) -> None:
