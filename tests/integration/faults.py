@@ -26,6 +26,12 @@ from typing import Any
 import psycopg
 import pymysql
 from confluent_kafka import KafkaException
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+)
 
 from erpsync.settings import Settings
 from erpsync.simulate import Manifest, Workload
@@ -186,3 +192,12 @@ def duplicates(settings: Settings, registry: SchemaRegistry, topics: list[str], 
                 identity = str(value.get("event_id") or sorted(value.items()))
         seen[(topic, f"{key}|{identity}")] += 1
     return {k: n for k, n in seen.items() if n > 1}
+
+
+def set_limit(admin: AdminClient, topic: str, max_bytes: str | None) -> None:
+    """The topic's max.message.bytes set (None: back to the broker's default), its other settings kept."""
+    op = AlterConfigOpType.SET if max_bytes is not None else AlterConfigOpType.DELETE
+    entry = ConfigEntry("max.message.bytes", max_bytes or "", incremental_operation=op)
+    for future in admin.incremental_alter_configs([ConfigResource(ConfigResource.Type.TOPIC, topic,
+                                                                  incremental_configs=[entry])]).values():
+        future.result()

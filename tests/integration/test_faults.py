@@ -31,7 +31,7 @@ import psycopg
 import pymysql
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -43,7 +43,7 @@ from erpsync.simulate import Manifest, Workload
 from schemas.registry import SchemaRegistry
 
 from .conftest import read_to_end, unique
-from .faults import Supervised, duplicates, outage, play
+from .faults import Supervised, duplicates, outage, play, set_limit
 
 pytestmark = pytest.mark.integration
 OUTAGE_S = 30
@@ -264,9 +264,7 @@ def test_hostile_records_go_to_the_dlq_and_the_pipeline_goes_on(
         cur.execute("INSERT INTO inventory_balances (sku, location, on_hand) VALUES (%s, 'DC-EAST', 5)", (nul_sku,))
     wms.close()
     admin = AdminClient(settings.kafka.client_config())
-    limit = ConfigResource(ConfigResource.Type.TOPIC, "canonical.item", set_config={"max.message.bytes": "200000"})
-    for future in admin.alter_configs([limit]).values():
-        future.result()
+    set_limit(admin, "canonical.item", "200000")
     big_sku = unique("SKU-BIG")
     try:
         erp.execute("INSERT INTO erp.items (sku, description, safety_stock) VALUES (%s, %s, 0)",
@@ -283,9 +281,7 @@ def test_hostile_records_go_to_the_dlq_and_the_pipeline_goes_on(
                 break
             time.sleep(2)
     finally:
-        limit = ConfigResource(ConfigResource.Type.TOPIC, "canonical.item", set_config={"max.message.bytes": "1048588"})
-        for future in admin.alter_configs([limit]).values():
-            future.result()
+        set_limit(admin, "canonical.item", None)
     assert set(produced) <= set(dead), sorted(set(produced) - set(dead))[:10]
     assert all(dead[k] for k in produced), "every dead letter says why"
     assert any("control character" in r and "SKU-NUL" in r for r in dead.values()), "the NUL SKU's dead letter"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 
-from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 
 from connectors import kafka
 from connectors.kafka_out import ExactlyOnceSink, Outgoing, TopicLayout, part_of
@@ -19,6 +19,7 @@ from erpsync.settings import Settings
 from state.records import DLQ_TOPIC
 
 from .conftest import read_to_end, unique
+from .faults import set_limit
 
 PARTS = 1000  # the test's part is not one a pipeline on the stack runs (transactional ids erpsync-out-0, -1)
 
@@ -30,9 +31,7 @@ def test_a_record_refused_mid_epoch_goes_to_the_dlq_and_the_rest_commits(setting
     kafka.ensure_topics(settings, [topic], partitions=1)
     layout = TopicLayout(settings).load([topic])  # the limit as the pipeline read it at start (1 MB)
     admin = AdminClient(settings.kafka.client_config())
-    for future in admin.alter_configs([ConfigResource(ConfigResource.Type.TOPIC, topic,
-                                                      set_config={"max.message.bytes": "100000"})]).values():
-        future.result()
+    set_limit(admin, topic, "100000")
     part = ExactlyOnceSink(settings, layout, PARTS).build_part("test", str(part_of(topic, 0, PARTS)), None)
     big = Outgoing(topic, 0, b"big", secrets.token_bytes(300_000))
     small = [Outgoing(topic, 0, f"small-{n}".encode(), b"x" * 100) for n in range(5)]
