@@ -35,6 +35,7 @@ from connectors import kafka
 from connectors.redis import client as redis_client
 from erpsync.settings import Settings
 from erpsync.stack.connect import ConnectClient
+from state.changes import TRANSACTION_SUFFIX
 
 CONNECTORS = ("erp-postgres", "wms-mariadb")
 REDIS_CHANNELS = ("b2b-portal", "marketplace", "inside-sales")
@@ -114,7 +115,7 @@ def pause_connectors(settings: Settings, pause: bool) -> None:
 
 
 def reset_topics(settings: Settings, records: list[Record]) -> list[str]:
-    """Delete and recreate the backlog's raw topics (one partition each, as Debezium's), empty."""
+    """Delete and recreate the backlog's raw topics (``kafka.partitions`` each, as Connect makes them), empty."""
     topics = sorted({r.topic for r in records})
     admin = AdminClient(settings.kafka.client_config())
     existing = set(admin.list_topics(timeout=10).topics)
@@ -124,7 +125,8 @@ def reset_topics(settings: Settings, records: list[Record]) -> list[str]:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            kafka.ensure_topics(settings, topics)
+            kafka.ensure_topics(settings, [t for t in topics if not t.endswith(TRANSACTION_SUFFIX)])
+            kafka.ensure_topics(settings, [t for t in topics if t.endswith(TRANSACTION_SUFFIX)], partitions=1)
             break
         except Exception:  # noqa: BLE001 - deletion still in progress ("marked for deletion")
             time.sleep(0.5)
@@ -156,7 +158,8 @@ def floor(settings: Settings, topics: list[str], n: int) -> tuple[float, float]:
     consumer = Consumer(settings.kafka.client_config() | {"group.id": f"bench-floor-{time.time_ns()}",
                                                           "enable.auto.commit": False,
                                                           "fetch.max.bytes": 52_428_800})
-    consumer.assign([TopicPartition(t, 0, 0) for t in topics])
+    layout = kafka.topic_partitions(settings)
+    consumer.assign([TopicPartition(t, p, 0) for t in topics for p in layout.get(t, [0])])
     start, cpu = time.perf_counter(), time.process_time()
     seen = 0
     loads = json.loads
@@ -213,8 +216,10 @@ class Finality:
             "group.id": f"bench-final-{time.time_ns()}", "enable.auto.commit": False,
             "isolation.level": "read_committed"})
         kafka.ensure_topics(settings, topics, {"cleanup.policy": "compact"})  # as erpsync run makes them
-        ends = [self.consumer.get_watermark_offsets(TopicPartition(t, 0), 10)[1] for t in topics]
-        self.consumer.assign([TopicPartition(t, 0, end) for t, end in zip(topics, ends, strict=True)])
+        layout = kafka.topic_partitions(settings)
+        parts = [TopicPartition(t, p) for t in topics for p in layout.get(t, [0])]
+        self.consumer.assign([TopicPartition(tp.topic, tp.partition,
+                                             self.consumer.get_watermark_offsets(tp, 10)[1]) for tp in parts])
         self.topic_values: dict[tuple[str, str], Any] = {}
         self.missing: dict[str, int] = {}
 

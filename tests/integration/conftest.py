@@ -76,14 +76,14 @@ def wms(settings: Settings) -> Iterator[pymysql.connections.Connection]:
 class Pipeline:
     """`erpsync run` as a child process, with its own recovery directory."""
 
-    def __init__(self, home: Path, **env: str) -> None:
-        self.home = home
+    def __init__(self, home: Path, *args: str, **env: str) -> None:
+        self.home, self.args = home, args
         self.env = dict(os.environ, ERPSYNC_FLOWS__RECOVERY_DIR=str(home / "recovery"), **env)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Pipeline:
         log = (self.home / "run.log").open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "erpsync", "run"], env=self.env, stdout=log,
+        self.proc = subprocess.Popen([sys.executable, "-m", "erpsync", "run", *self.args], env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT)
         time.sleep(1.5)
         assert self.proc.poll() is None, (self.home / "run.log").read_text()[-3000:]

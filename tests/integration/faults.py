@@ -49,8 +49,8 @@ TRANSIENT = (psycopg.OperationalError, pymysql.err.OperationalError, pymysql.err
 class Supervised:
     """`erpsync run`, started again whenever it exits (a supervisor's restart policy)."""
 
-    def __init__(self, home: Path, **env: str) -> None:
-        self.pipeline = Pipeline(home, **env)
+    def __init__(self, home: Path, *args: str, **env: str) -> None:
+        self.pipeline = Pipeline(home, *args, **env)
         self.restarts = 0
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
