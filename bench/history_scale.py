@@ -95,17 +95,6 @@ class Recovery:
         return [self.bytes.get(e - 1, 0) for e in epochs], intervals
 
 
-def produce(producer: Producer, records: list[Record]) -> None:
-    for r in records:
-        while True:
-            try:
-                producer.produce(r.topic, None if r.value is None else r.value.encode(),
-                                 None if r.key is None else r.key.encode(), timestamp=r.ts)
-                break
-            except BufferError:
-                producer.poll(0.05)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--history", type=int, default=300_000)
@@ -130,12 +119,12 @@ def main() -> None:
         for r in w.records(args.history):
             batch.append(r)
             if len(batch) == 10_000:
-                produce(producer, batch)
+                live.send(producer, batch)
                 n += len(batch)
                 batch = []
-        produce(producer, batch)
+        live.send(producer, batch)
         sentinel = f"SKU-{tag}-SENTINEL"
-        produce(producer, _new_skus(w, [sentinel], 777))
+        live.send(producer, _new_skus(w, [sentinel], 777))
         producer.flush(120)
         print(f"history                       {args.history:,} records ({skus:,} SKUs), produced in "
               f"{time.perf_counter() - start:.0f} s, tag {tag}", flush=True)
@@ -177,7 +166,7 @@ def steady(settings: Settings, w: Workload, producer: Producer, args: Any, work:
               f"included; CPU {live.cpu_seconds(proc.pid):.0f} s)", flush=True)
 
         fresh = [f"SKU-{w.tag}-FRESH-{i:04d}" for i in range(FRESH)]
-        produce(producer, _new_skus(w, fresh, 1000))
+        live.send(producer, _new_skus(w, fresh, 1000))
         producer.flush(30)
         while any(v is None for v in store.hmget("ats:b2b-portal", fresh)):
             time.sleep(0.1)
@@ -215,7 +204,7 @@ def steady(settings: Settings, w: Workload, producer: Producer, args: Any, work:
             b[0] += 1
             w.now = max(w.now, int(time.time() * 1000))
             records = w._tx("wms", [("inventory_balances", "u", before, w._balance(sku, "DC-EAST", b))])
-            produce(producer, records)
+            live.send(producer, records)
             producer.poll(0)
             with lock:
                 pending[sku].append((b[0], time.perf_counter()))

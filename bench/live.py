@@ -138,6 +138,13 @@ def produce(settings: Settings, records: list[Record]) -> float:
     producer = Producer(settings.kafka.client_config() | {"linger.ms": 50, "batch.size": 1_000_000,
                                                           "compression.type": "lz4", "acks": "all"})
     start = time.perf_counter()
+    send(producer, records)
+    producer.flush(120)
+    return time.perf_counter() - start
+
+
+def send(producer: Producer, records: list[Record]) -> None:
+    """Hand every record to the producer with its timestamp, waiting when its queue is full."""
     for r in records:
         while True:
             try:
@@ -146,8 +153,6 @@ def produce(settings: Settings, records: list[Record]) -> float:
                 break
             except BufferError:
                 producer.poll(0.05)
-    producer.flush(120)
-    return time.perf_counter() - start
 
 
 def floor(settings: Settings, topics: list[str], n: int) -> tuple[float, float]:
