@@ -20,7 +20,7 @@ import psycopg
 import pymysql
 import pytest
 import redis
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, Message, TopicPartition
 
 from connectors.redis import client as redis_client
 from erpsync import stack
@@ -183,6 +183,7 @@ class TopicReader:
         })
         self.consumer.subscribe([topic])
         self.records: list[tuple[Any, Any, int]] = []
+        self.partitions: list[int] = []  # of each record (offsets are per partition)
 
     def _poll(self) -> None:
         msg: Message | None = self.consumer.poll(0.5)
@@ -194,6 +195,16 @@ class TopicReader:
         except (ValueError, RecursionError):  # a hostile record the fault suite put there: not Debezium's
             return
         self.records.append((key, value, msg.offset()))
+        self.partitions.append(msg.partition())
+
+    def ends(self) -> dict[int, int]:
+        """Each partition's end offset now: what a record written from now on is at or after."""
+        meta = self.consumer.list_topics(self.topic, timeout=10).topics[self.topic]
+        return {p: self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), 10)[1] for p in meta.partitions}
+
+    def since(self, ends: dict[int, int]) -> list[tuple[Any, Any, int]]:
+        """The records read that were written after `ends` (``ends()``)."""
+        return [r for r, p in zip(self.records, self.partitions, strict=True) if r[2] >= ends.get(p, 0)]
 
     def wait_for(self, match: Callable[[Any, Any], bool], timeout_s: float = 30.0) -> tuple[Any, Any, int]:
         """The first record (key, value, offset) matching, read within timeout_s; else fail."""
