@@ -31,7 +31,7 @@ def test_changes_reach_canonical_topics_in_order(pipeline, settings, erp, wms, t
         cur.execute("DELETE FROM inventory_balances WHERE sku = %s AND location = 'DC-EAST'", (sku,))
     item_key, pos_key = json.dumps([sku]), json.dumps([sku, "DC-EAST"], separators=(",", ":"))
     records = read_canonical(settings, registry, ["canonical.item", "canonical.inventory-position"],
-                             {item_key, pos_key}, expected=5 + 7)
+                             {item_key, pos_key}, expected=5 + 7, timeout_s=240)  # a fresh pipeline: history first
     items = [v for t, k, v in records if k == item_key]
     balances = [v for t, k, v in records if k == pos_key]
     assert [v["safety_stock"] for v in items] == [1, 2, 3, 4, 5]
