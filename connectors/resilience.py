@@ -224,13 +224,23 @@ class Rejects:
     _lock = threading.Lock()
 
     @classmethod
-    def send(cls, settings: Settings, sink: str, items: Sequence[tuple[Emit, BaseException]]) -> None:
-        if not items:
-            return
+    def _producer_of(cls, settings: Settings) -> Producer:
         with cls._lock:
             if cls._producer is None:
                 cls._producer = Producer(settings.kafka.client_config() | {"enable.idempotence": True})
-            producer = cls._producer
+            return cls._producer
+
+    @staticmethod
+    def _sent(producer: Producer, sink: str, n: int) -> None:
+        producer.flush(30)
+        telemetry.count(f"sink:{sink}", "dlq", n)
+        HEALTH.rejected(sink, n)
+
+    @classmethod
+    def send(cls, settings: Settings, sink: str, items: Sequence[tuple[Emit, BaseException]]) -> None:
+        if not items:
+            return
+        producer = cls._producer_of(settings)
         for e, exc in items:
             reason = f"{sink} refused the record: {one_line(exc)}"
             log.warning("%s (topic %s, key %r); sent to %s", reason, e.topic, e.key, DLQ_TOPIC)
@@ -239,23 +249,16 @@ class Rejects:
                 ("reason", reason.encode()), ("step", f"sink:{sink}".encode()), ("topic", e.topic.encode()),
                 ("partition", b"-1"), ("offset", b"-1"), ("ts", str(e.time).encode())]
             producer.produce(DLQ_TOPIC, key=e.key.encode(), value=value, headers=headers)
-        producer.flush(30)
-        telemetry.count(f"sink:{sink}", "dlq", len(items))
-        HEALTH.rejected(sink, len(items))
+        cls._sent(producer, sink, len(items))
 
     @classmethod
     def send_raw(cls, settings: Settings, sink: str, items: Sequence[tuple[str, bytes | None, str]]) -> None:
         """(topic, key, reason) of records refused without their value (too large to keep)."""
         if not items:
             return
-        with cls._lock:
-            if cls._producer is None:
-                cls._producer = Producer(settings.kafka.client_config() | {"enable.idempotence": True})
-            producer = cls._producer
+        producer = cls._producer_of(settings)
         for topic, key, reason in items:
             log.warning("%s (key %r); sent to %s without its value", reason, (key or b"")[:80], DLQ_TOPIC)
             producer.produce(DLQ_TOPIC, key=key, value=None, headers=[
                 ("reason", reason.encode()), ("step", f"sink:{sink}".encode()), ("topic", topic.encode())])
-        producer.flush(30)
-        telemetry.count(f"sink:{sink}", "dlq", len(items))
-        HEALTH.rejected(sink, len(items))
+        cls._sent(producer, sink, len(items))
