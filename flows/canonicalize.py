@@ -8,6 +8,7 @@ marks travel with the canonical events to the sequenced stages (``flows.sequenci
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from state.changes import Canonicalizer, EntityInfo, PartitionReader, ReaderStat
 from state.dead_letters import replayed_exception
 from state.records import DeadLetter, Emit, Ignored, Progress, RawRecord
 from state.sequencer import Mark
+
+log = logging.getLogger(__name__)
 
 
 def make_canonicalizer(registry: SchemaRegistry, mappings_dir: Path | None = None) -> Canonicalizer:
@@ -71,6 +74,8 @@ class _Logic(StatefulBatchLogic[RawRecord | Progress, Any, ReaderState]):
         _count_read(values, out)
         if self.state is not None and self.state.delayed > delayed:
             telemetry.count("read", "delayed", self.state.delayed - delayed)
+            log.info("%s: %d record(s) arrived behind their partition's promise, moved just after it "
+                     "(delayed: %d in all)", self.channel, self.state.delayed - delayed, self.state.delayed)
         if self.state is not None:
             out.extend(self.reader.flush(self.state, self.channel))
         return out, StatefulBatchLogic.RETAIN
