@@ -31,6 +31,7 @@ from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from connectors.redis import client as redis_client
 from erpsync.settings import load_settings
+from flows.canonicalize import DELAYED
 
 BASE = 1_000
 
@@ -158,7 +159,7 @@ def main() -> None:
             for name, xs in (("commit -> Kafka (Debezium)", debezium), ("Kafka -> Redis (pipeline)", pipeline_share)):
                 print(f"{name:<29} p50 {statistics.median(xs) * 1000:,.0f} ms, "
                       f"p99 {xs[int(len(xs) * 0.99) - 1] * 1000:,.0f} ms ({len(xs)} updates)")
-        delayed = sum(int(m) for m in re.findall(r": (\d+) record\(s\) arrived behind their partition's promise",
+        delayed = sum(int(m) for m in re.findall(rf": (\d+) {re.escape(DELAYED)}",
                                                  (work / "run.log").read_text(errors="replace")))
         print(f"records delayed               {delayed} (arrived behind their partition's promise; "
               f"see flows.idle_grace_ms)")

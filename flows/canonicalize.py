@@ -26,6 +26,8 @@ from state.records import DeadLetter, Emit, Ignored, Progress, RawRecord
 from state.sequencer import Mark
 
 log = logging.getLogger(__name__)
+# Logged with the count of records that arrived behind their partition's promise (bench.freshness sums them).
+DELAYED = "record(s) arrived behind their partition's promise"
 
 
 def make_canonicalizer(registry: SchemaRegistry, mappings_dir: Path | None = None) -> Canonicalizer:
@@ -74,8 +76,8 @@ class _Logic(StatefulBatchLogic[RawRecord | Progress, Any, ReaderState]):
         _count_read(values, out)
         if self.state is not None and self.state.delayed > delayed:
             telemetry.count("read", "delayed", self.state.delayed - delayed)
-            log.info("%s: %d record(s) arrived behind their partition's promise, moved just after it "
-                     "(delayed: %d in all)", self.channel, self.state.delayed - delayed, self.state.delayed)
+            log.info("%s: %d %s, moved just after it (delayed: %d in all)", self.channel,
+                     self.state.delayed - delayed, DELAYED, self.state.delayed)
         if self.state is not None:
             out.extend(self.reader.flush(self.state, self.channel))
         return out, StatefulBatchLogic.RETAIN
