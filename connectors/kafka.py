@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
+import tenacity
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import (
@@ -294,7 +295,10 @@ def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, s
                   partitions: int | None = None) -> None:
     """Create the topics that do not exist yet, with ``kafka.partitions`` partitions (or `partitions`).
 
-    The replication factor is the broker's default. Topics that exist keep their partitions.
+    The replication factor is the broker's default. Topics that exist keep their partitions. Returns
+    once the cluster's metadata lists every topic it created with all its partitions: a broker
+    answers metadata from a cache the controller updates after it answered the creation, and a
+    reader that lists partitions too early would miss some (``topic_partitions``).
     """
     admin = AdminClient(settings.kafka.client_config())
     existing = set(admin.list_topics(timeout=10).topics)
@@ -310,6 +314,26 @@ def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, s
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
+    _await_metadata(admin, [t.topic for t in new], count)
+
+
+METADATA_WAIT_S = 30
+
+
+def _await_metadata(admin: AdminClient, topics: list[str], partitions: int) -> None:
+    """Wait until the cluster's metadata lists `topics`, each with its `partitions` partitions."""
+
+    def unlisted() -> list[str]:
+        listed = admin.list_topics(timeout=10).topics
+        return [t for t in topics if t not in listed or len(listed[t].partitions) < partitions]
+
+    waiting = tenacity.Retrying(stop=tenacity.stop_after_delay(METADATA_WAIT_S), wait=tenacity.wait_fixed(0.1),
+                                retry=tenacity.retry_if_result(bool), reraise=True)
+    try:
+        waiting(unlisted)
+    except tenacity.RetryError:
+        raise KafkaException(f"topics created but not in the cluster's metadata after {METADATA_WAIT_S} s: "
+                             f"{', '.join(unlisted()[:5])}") from None
 
 
 def topic_partitions(settings: Settings) -> dict[str, list[int]]:

@@ -20,6 +20,7 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
+from confluent_kafka import KafkaException
 
 from connectors import http_channels, kafka, lifecycle, ops_db
 from connectors import redis as redis_store
@@ -181,7 +182,10 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     telemetry.setup(settings)
     serialize = channel_serializer(plan, make_value_serializer(registry, settings.kafka.schema_registry_url))
     layout = TopicLayout(settings).load([*outputs, *channel_topics])
-    partitions = {t: existing.get(t, [0]) for t in topics}
+    unlisted = [t for t in topics if t not in existing]  # created above: listed (kafka.ensure_topics waits)
+    if unlisted:
+        raise KafkaException(f"input topics missing from the cluster's metadata: {', '.join(unlisted[:5])}")
+    partitions = {t: existing[t] for t in topics}
     input_channels = [f"{t}#{p}" for t, ps in sorted(partitions.items()) for p in ps]
 
     cluster = Cluster.of(settings)
