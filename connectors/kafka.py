@@ -28,7 +28,13 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from connectors import lifecycle
 from erpsync import telemetry
@@ -41,20 +47,23 @@ Serializer = Callable[[str, str, dict[str, Any]], bytes]
 
 
 class Lateness:
-    """How late records reach the pipeline: the largest (now - record timestamp) of the last few seconds.
+    """How much later than a partition's promise its records still arrive, over the last few seconds.
 
-    A partition read to its end promises event time up to its ``Progress`` (minus the configured
-    grace, ``flows.idle_grace_ms``). Records can take longer than that grace from their producer to
-    here: when the machine is busy, when the pipeline works through a large batch before it reads
-    again. Such a record would land behind its partition's promise (the reader then moves it just
-    after it, ``ReaderState.time_of``, and live output stops matching a replay). So the promise also
-    steps back by the lateness seen recently on every partition of this process: a busy pipeline
-    promises less and waits a little longer; an idle one answers within the grace.
+    A partition read to its end promises event time up to the clock when it says so (minus the
+    configured grace, ``flows.idle_grace_ms``, and minus this lateness). A record stamped before that
+    instant but not yet visible to the consumer then (in the producer's batch, on the way to the
+    broker, appended after the consumer's last fetch) arrives behind the promise: the reader moves it
+    just after it (``ReaderState.time_of``) and live output stops matching a replay. So each such
+    arrival is measured, promise instant minus record timestamp, and the promises of every partition
+    of this process step back by the largest of the last ``WINDOW_S`` seconds. Only records that
+    crossed a promise count: the time a record waits in this process while the pipeline is busy
+    does not (no partition with unread records promises anything), so load does not hold idle
+    partitions back; a slow producer or broker does.
     """
 
     WINDOW_S = 10
-    # A record older than this is backlog (a catch-up), not a slow delivery: counting it would hold
-    # quiet partitions back by the backlog's age.
+    # A larger gap is no delivery delay (a record produced with an old timestamp, a producer's clock
+    # stepped back): counted whole, it would hold every partition back for the window.
     CAP_MS = 5_000
 
     def __init__(self) -> None:
@@ -161,7 +170,7 @@ class _WorkerConsumer:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    part.eof = True
+                    part.eof, part.end = True, msg.offset() or 0
                 else:
                     log.warning("reading %s: %s", part.channel, err.str(), extra={"topic": part.topic})
                 continue
@@ -171,6 +180,16 @@ class _WorkerConsumer:
                 # a partition that skips its turns (``Alignment``) must not buffer its whole backlog
                 self.consumer.pause([TopicPartition(part.topic, part.partition)])
                 part.fetch_paused = True
+
+    def settled(self, part: _RawPartition) -> bool:
+        """Nothing of `part` is on its way: the end it reached is still the partition's end.
+
+        Its end-of-partition mark can be stale: newer records may already wait in the consumer's
+        queue (behind other partitions' records) or be in a fetch response. The high watermark the
+        consumer cached from its latest fetch response tells.
+        """
+        high = self.consumer.get_watermark_offsets(TopicPartition(part.topic, part.partition), cached=True)[1]
+        return high <= part.end
 
     def drained(self, part: _RawPartition) -> None:
         """`part` took records from its buffer: fetch for it again once it runs low."""
@@ -191,9 +210,10 @@ class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
         self.quiet_ms = quiet_ms
         self.buffer: deque[Any] = deque()
         self.eof = False  # the consumer reached the partition's end after its last buffered record
+        self.end = 0  # the offset at which it did (past transaction markers)
         self.fetch_paused = False  # its buffer is full: the shared consumer does not fetch for it
         self.paused = False  # skipped its turn: ahead of the slowest partition (``Alignment``)
-        self.told_ms = 0  # when Progress was last sent
+        self.told_ms = 0  # when Progress was last sent (the clock it promised, before lateness and grace)
         self.shared = _WorkerConsumer.of_this_worker(config)
         self.shared.add(self, self.offset)
 
@@ -218,7 +238,8 @@ class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
             msg = buffer.popleft()
             raw = _to_raw(msg, self.channel)
             if raw.timestamp_ms > 0:
-                LATENESS.observe(now, now - raw.timestamp_ms)
+                if raw.timestamp_ms < self.told_ms:  # was on its way when the partition promised
+                    LATENESS.observe(now, self.told_ms - raw.timestamp_ms)
                 newest = raw.timestamp_ms
             out.append(raw)
             self.offset = (msg.offset() or 0) + 1
@@ -227,7 +248,7 @@ class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
             ALIGNMENT.caught_up(self.channel)
         elif newest:
             ALIGNMENT.read(self.channel, newest)
-        if self.at_end and (not out or now - self.told_ms >= self.quiet_ms):
+        if self.at_end and (not out or now - self.told_ms >= self.quiet_ms) and self.shared.settled(self):
             out.append(Progress(self.channel, now - LATENESS.current(now)))
             self.told_ms = now
         return out
@@ -291,18 +312,30 @@ def _to_raw(msg: Any, channel: str) -> RawRecord:
     return RawRecord(topic, partition, offset, msg.key(), msg.value(), ts, channel=channel)
 
 
+# The input topics erpsync's own clients write (channel orders, re-injected dead letters): a record's
+# event time is when Kafka appended it. A producer's timestamp is taken before the record leaves it
+# (a producer that has just started connects first: hundreds of milliseconds), so the record could
+# reach the pipeline behind what its partition already promised (``Lateness``). Not the Debezium
+# topics: a transaction's BEGIN, rows and END go to different partitions, and only their producer's
+# timestamps keep them in order.
+APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+
+
 def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, str] | None = None, *,
                   partitions: int | None = None) -> None:
     """Create the topics that do not exist yet, with ``kafka.partitions`` partitions (or `partitions`).
 
-    The replication factor is the broker's default. Topics that exist keep their partitions. Returns
-    once the cluster's metadata lists every topic it created with all its partitions: a broker
-    answers metadata from a cache the controller updates after it answered the creation, and a
-    reader that lists partitions too early would miss some (``topic_partitions``).
+    The replication factor is the broker's default. Topics that exist keep their partitions; `config`
+    is set on them where it differs (their other settings kept). Returns once the cluster's metadata
+    lists every topic it created with all its partitions: a broker answers metadata from a cache the
+    controller updates after it answered the creation, and a reader that lists partitions too early
+    would miss some (``topic_partitions``).
     """
     admin = AdminClient(settings.kafka.client_config())
     existing = set(admin.list_topics(timeout=10).topics)
     count = partitions or settings.kafka.partitions
+    if config:
+        _align_config(admin, sorted(set(topics) & existing), config)
     new = [NewTopic(t, num_partitions=count, replication_factor=-1, config=config or {})
            for t in sorted(set(topics) - existing)]
     if not new:
@@ -334,6 +367,22 @@ def _await_metadata(admin: AdminClient, topics: list[str], partitions: int) -> N
     except tenacity.RetryError:
         raise KafkaException(f"topics created but not in the cluster's metadata after {METADATA_WAIT_S} s: "
                              f"{', '.join(unlisted()[:5])}") from None
+
+
+def _align_config(admin: AdminClient, topics: list[str], config: dict[str, str]) -> None:
+    if not topics:
+        return
+    changes = []
+    described = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics])
+    for resource, future in described.items():
+        current = future.result()
+        entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in sorted(config.items())
+                   if k not in current or current[k].value != v]
+        if entries:
+            changes.append(ConfigResource(ConfigResource.Type.TOPIC, resource.name, incremental_configs=entries))
+    for resource, future in admin.incremental_alter_configs(changes).items() if changes else ():
+        future.result()
+        log.info("topic %s: set %s", resource.name, ", ".join(f"{k}={v}" for k, v in sorted(config.items())))
 
 
 def topic_partitions(settings: Settings) -> dict[str, list[int]]:

@@ -168,7 +168,8 @@ def run(settings: Settings, registry: SchemaRegistry) -> None:
     transactions = [f"{system}{TRANSACTION_SUFFIX}" for system in
                     sorted({m.system for m in canonicalizer.mappings.by_topic.values()})]
     outputs = [*(e.topic for e in registry.entities().values()), DLQ_TOPIC, EXCEPTIONS_TOPIC, ORDER_INTAKE_OUT_TOPIC]
-    kafka.ensure_topics(settings, [*mapped, COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC, *outputs])
+    kafka.ensure_topics(settings, [*mapped, *outputs])
+    kafka.ensure_topics(settings, [COMMERCE_ORDERS_TOPIC, DLQ_REPLAY_TOPIC], kafka.APPEND_TIME)
     kafka.ensure_topics(settings, transactions, partitions=1)  # a transaction's BEGIN and END differ in key
     channel_topics = [*(c.topic for c in channels), *(c.order_status_topic for c in channels)]
     kafka.ensure_topics(settings, channel_topics, {"cleanup.policy": "compact"})

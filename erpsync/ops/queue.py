@@ -86,7 +86,7 @@ def replay_dead_letters(settings: Settings, *, reason: str | None = None, topic:
     replayed = _replayed_ids(settings)
     producer = Producer(settings.kafka.client_config() | {"enable.idempotence": True})
     failures: list[str] = []
-    kafka.ensure_topics(settings, [DLQ_REPLAY_TOPIC])
+    kafka.ensure_topics(settings, [DLQ_REPLAY_TOPIC], kafka.APPEND_TIME)
     for key, value, headers in wanted:
         h = {k: bytes(v or b"").decode() for k, v in headers}
         if dead_letter_id(h["topic"], int(h["partition"]), int(h["offset"])) in replayed:

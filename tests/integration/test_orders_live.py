@@ -119,13 +119,22 @@ def test_orders_walk_from_intake_to_invoice_and_faults_become_exceptions(
         assert [v["status"] for v in seen[key]] == ["rejected"], key
         assert seen[key][-1]["reasons"] == [reason], key
 
-    # Faults become exceptions of the right kind, each once.
+    # Faults become exceptions of the right kind, each once. A clean order's credit memo can still
+    # come after the 1 s credit SLA on a busy machine (the simulator posts it a step after the return):
+    # its credit_pending is then raised and resolved, and the resolution shows the credit was late.
+    late_credits: set[str] = set()
+
     def exceptions() -> dict[tuple[str, str], int] | None:
         found: dict[tuple[str, str], int] = defaultdict(int)
         for _, _, value in decode_all(settings, registry, ["sync.exceptions"], since_ms):
             if tag in value["business_key"]:  # "<channel>/<order>", or "<channel>/<order>/<rma>" for a return
                 order_key = "/".join(value["business_key"].split("/")[:2])
-                found[(value["kind"], order_key)] += 1
+                detail = json.loads(value["detail"])
+                if value["state"] == "resolved" and value["kind"] == "credit_pending" \
+                        and detail["cleared_ms"] > detail["due_ms"]:
+                    late_credits.add(order_key)
+                if value["state"] != "resolved":
+                    found[(value["kind"], order_key)] += 1
         want = {(reason, key.replace(":", "/")) for key, reason in rejected.items()}
         for key, fault in manifest.downstream.items():
             kind = "status_mismatch" if fault == "short_shipment" else fault
@@ -135,7 +144,8 @@ def test_orders_walk_from_intake_to_invoice_and_faults_become_exceptions(
     found = wait_until(exceptions, 60, "an exception for every injected fault")
     assert max(found.values()) == 1, {k: n for k, n in found.items() if n > 1}
     clean = {k.replace(":", "/") for k in accepted if k not in manifest.downstream}
-    assert not [k for k in found if k[1] in clean], "clean orders raise nothing"
+    assert not [k for k in found if k[1] in clean and not (k[0] == "credit_pending" and k[1] in late_credits)], \
+        "clean orders raise nothing (but a credit that came after the SLA)"
     assert "invoice_discrepancy" in {f for f in manifest.downstream.values()}
 
     # Replay of the captured dump (raw topics + channel orders) gives the same final statuses.

@@ -63,6 +63,22 @@ def _send(producer: Producer, topic: str, partition: int, n: int = 1, timestamp_
     producer.flush(10)
 
 
+def test_records_that_wait_while_the_pipeline_is_busy_hold_nobody_back(
+        settings: Settings, topic: str, lateness: Lateness, producer: Producer) -> None:
+    part = _open(settings, topic, 0)
+    try:
+        _until(part, Progress)  # read to its (empty) end: it promises
+        _send(producer, topic, 0, 20)
+        time.sleep(1.5)  # the pipeline is busy elsewhere: the records wait in this process
+        _until(part, RawRecord)
+        assert lateness.current(int(time.time() * 1000)) == 0
+        promise = _until(part, Progress)[-1]
+        assert isinstance(promise, Progress) and promise.wall_ms is not None
+        assert promise.wall_ms >= int(time.time() * 1000) - 500
+    finally:
+        part.close()
+
+
 def test_a_record_on_its_way_when_its_partition_promised_steps_every_promise_back(
         settings: Settings, topic: str, lateness: Lateness, producer: Producer) -> None:
     part = _open(settings, topic, 0)
@@ -78,6 +94,26 @@ def test_a_record_on_its_way_when_its_partition_promised_steps_every_promise_bac
         assert again.wall_ms <= int(time.time() * 1000) - 700
     finally:
         part.close()
+
+
+def test_no_promise_while_the_shared_consumer_still_holds_records(
+        settings: Settings, topic: str, lateness: Lateness, producer: Producer) -> None:
+    """Both partitions share the worker's consumer; the quiet one's record queues behind the busy one's."""
+    quiet, busy = _open(settings, topic, 0, batch_size=10), _open(settings, topic, 1, batch_size=10)
+    try:
+        _until(quiet, Progress)
+        _until(busy, Progress)
+        _send(producer, topic, 1, 200)
+        time.sleep(1)  # fetched into the consumer's queue
+        _send(producer, topic, 0)
+        time.sleep(1)  # fetched too, behind the busy partition's records
+        read = _until(quiet, RawRecord)
+        first_record = next(i for i, item in enumerate(read) if isinstance(item, RawRecord))
+        assert not any(isinstance(item, Progress) for item in read[:first_record]), \
+            "the quiet partition promised while its record still waited in the consumer's queue"
+    finally:
+        quiet.close()
+        busy.close()
 
 
 def test_a_quiet_partition_keeps_promising_while_another_reads_its_backlog(
@@ -98,3 +134,17 @@ def test_a_quiet_partition_keeps_promising_while_another_reads_its_backlog(
     finally:
         quiet.close()
         busy.close()
+
+
+def test_the_topics_erpsync_clients_write_take_the_brokers_append_time(
+        settings: Settings, topic: str, producer: Producer) -> None:
+    """A producer's timestamp is taken before its first connection: that record would land behind promises."""
+    ensure_topics(settings, [topic], source.APPEND_TIME)  # the topic exists: its setting is changed
+    stale = int(time.time() * 1000) - 60_000
+    _send(producer, topic, 0, timestamp_ms=stale)
+    part = _open(settings, topic, 0)
+    try:
+        [record] = [item for item in _until(part, RawRecord) if isinstance(item, RawRecord)]
+        assert record.timestamp_ms >= stale + 50_000
+    finally:
+        part.close()

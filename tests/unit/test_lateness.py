@@ -1,4 +1,4 @@
-"""The live source's lateness: how far behind their timestamps records arrive, recently."""
+"""The live source's lateness: how far behind their partition's promise records arrived, recently."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def test_the_largest_recent_lateness_counts_and_old_seconds_expire() -> None:
     assert lateness.current(1_000_000 + (Lateness.WINDOW_S + 4) * 1000) == 0
 
 
-def test_a_backlog_is_not_lateness() -> None:
+def test_an_old_timestamp_holds_promises_back_by_the_cap_only() -> None:
     lateness = Lateness()
-    lateness.observe(10_000_000, 3 * 3600 * 1000)  # a record produced hours ago: a catch-up
+    lateness.observe(10_000_000, 3 * 3600 * 1000)  # a record produced with a timestamp hours old
     assert lateness.current(10_000_000) == Lateness.CAP_MS
