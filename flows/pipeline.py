@@ -29,7 +29,7 @@ from bytewax.dataflow import Dataflow, Stream
 
 from erpsync import telemetry
 from flows.canonicalize import make_canonicalizer, read
-from flows.sequencing import StageStep, stage
+from flows.sequencing import StageStep, merge_marks, stage
 from schemas.registry import SchemaRegistry
 from state import EXCEPTION_SCHEMA
 from state.availability import (
@@ -77,7 +77,7 @@ from state.order_status import (
     StatusBook,
 )
 from state.records import DeadLetter, Emit, Ignored, Progress, RawRecord, Reseed
-from state.sequencer import Mark, Stamped
+from state.sequencer import SOURCE_CHANNEL, Mark, Stamped
 from state.timers import Deadline, Timers
 
 COMMERCE_ORDERS_TOPIC = "commerce.orders"
@@ -262,9 +262,9 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], topology: 
         "network": SkuNetwork(channels), "customers": CustomerBook(), "route_orders": OrderRouter(),
         "arbiter": arbiter, "ats": ats, "status": StatusBook(set(by_id), slas), "timers": Timers(),
     }
-    raw_channels = list(topology.input_channels)
-    upstream: list[str] = list(raw_channels)
-    all_marks = [marks]
+    # every stage waits for the input partitions: merged once into one channel, not a hundred per shard
+    upstream: list[str] = [SOURCE_CHANNEL] if topology.input_channels else []
+    all_marks = [merge_marks("source_marks", marks, topology.input_channels, SOURCE_CHANNEL)]
     for stage_id, steps in STAGES:
         items = op.filter(f"{stage_id}_items", stamped, _for_steps(frozenset(steps)))
         stage_marks = op.merge(f"{stage_id}_marks_in", *all_marks)

@@ -35,7 +35,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from erpsync import telemetry
 from state.records import DeadLetter, Emit, RawRecord
-from state.sequencer import Mark, SeqState, Sequencer, Stamped
+from state.sequencer import Mark, MarkMerger, MergeState, SeqState, Sequencer, Stamped
 
 log = logging.getLogger(__name__)
 FENCE_PREFIX = "\U0010ffff\U0010ffff"  # sorts after any entity key (UTF-8 bytes F4 8F BF BF)
@@ -284,6 +284,26 @@ class StageStep:
 def shard_of(step: str, key: str, shards: int) -> str:
     """The shard an item passes through: stable across processes and restarts (Python's str hash is not)."""
     return str(zlib.crc32(f"{step}|{key}".encode()) % shards)
+
+
+def merge_marks(step_id: str, marks: Stream[Mark], channels: Iterable[str], name: str) -> Stream[Mark]:
+    """The marks of `channels` as the marks of one channel, `name` (``state.sequencer.MarkMerger``)."""
+    merger = MarkMerger(channels, name)
+    keyed = op.key_on(f"{step_id}_key", marks, lambda m: name)
+    return op.key_rm(f"{step_id}_unkey", op.stateful_batch(step_id, keyed, lambda resume: _MergeLogic(merger, resume)))
+
+
+class _MergeLogic(StatefulBatchLogic[Mark, Mark, MergeState]):
+    def __init__(self, merger: MarkMerger, resume: MergeState | None) -> None:
+        self.merger = merger
+        self.state = resume or MergeState()
+
+    def on_batch(self, values: list[Mark]) -> tuple[Iterable[Mark], bool]:
+        self.state, out = self.merger.apply(self.state, values)
+        return out, StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> MergeState:
+        return self.state.copy()
 
 
 def stage(stage_id: str, items: Stream[Stamped], marks: Stream[Mark], channels: Iterable[str],

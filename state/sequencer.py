@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 END_MS = 2**62  # a channel that will send nothing more (end of a replay's input)
+SOURCE_CHANNEL = "source"  # the input partitions' marks, merged (``MarkMerger``)
 WAKE_RANK = 9  # wakes come after every source item of their millisecond
 Order = tuple[Any, ...]  # (source rank, source position, sub-order...) within one millisecond
 
@@ -152,6 +153,46 @@ class Sequencer:
             st.spans = [s for s in st.spans if s[1] > upto]
         mark_closing(out)
         return out
+
+
+@dataclass(slots=True)
+class MergeState:
+    marks: dict[str, int] = field(default_factory=dict)
+    spans: list[tuple[int, int]] = field(default_factory=list)  # carried in, not yet sent on
+    sent: int = -1
+
+    def copy(self) -> MergeState:
+        return MergeState(dict(self.marks), list(self.spans), self.sent)
+
+
+class MarkMerger:
+    """The marks of many channels as the marks of one, `name`: the lowest promise, with every span carried.
+
+    Every stage waits for every input partition, and a partition read to its end promises every few
+    milliseconds: a hundred partitions send thousands of marks a second. Merged once, a stage's
+    shards see one channel instead of a hundred, and one mark per batch of marks.
+    """
+
+    def __init__(self, channels: Iterable[str], name: str) -> None:
+        self.channels = frozenset(channels)
+        self.name = name
+
+    def apply(self, state: MergeState | None, marks: Iterable[Mark]) -> tuple[MergeState, list[Mark]]:
+        st = state or MergeState()
+        for mark in marks:
+            if mark.channel not in self.channels:
+                continue
+            if mark.ms > st.marks.get(mark.channel, -1):
+                st.marks[mark.channel] = mark.ms
+            st.spans.extend(mark.spans)
+        if len(st.marks) < len(self.channels):
+            return st, []  # a channel not heard from yet may still send anything
+        low = min(st.marks.values())
+        if low <= st.sent and not st.spans:
+            return st, []
+        st.sent = max(st.sent, low)
+        spans, st.spans = tuple(st.spans), []
+        return st, [Mark(self.name, st.sent, spans)]
 
 
 def _uncut(spans: list[tuple[int, int]], low: int) -> int:

@@ -14,7 +14,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from flows.sequencing import StageStep, fence_keys, stage, worker_of
-from state.sequencer import END_MS, Mark, Stamped, Wake
+from state.sequencer import END_MS, SOURCE_CHANNEL, Mark, MarkMerger, Sequencer, Stamped, Wake
 
 
 class Recorder:
@@ -190,3 +190,57 @@ def test_fence_keys_land_on_their_worker_and_sort_last(workers: int) -> None:
     thread_of_worker = {worker_of(k, workers): seen[k] for k in keys}
     for k in plain:
         assert seen[k] == thread_of_worker[worker_of(k, workers)]
+
+
+# ----------------------------------------------------------------------------- merged input marks
+
+
+def test_merged_marks_promise_the_lowest_channel_once_every_channel_has_spoken() -> None:
+    merger = MarkMerger(["a#0", "a#1", "tx#0"], SOURCE_CHANNEL)
+    st, out = merger.apply(None, [Mark("a#0", 50), Mark("a#1", 40)])
+    assert out == []  # tx#0 not heard from: it may still send anything
+    st, out = merger.apply(st, [Mark("tx#0", 45, ((10, 20),)), Mark("other#0", 1)])  # other#0: not an input
+    assert out == [Mark(SOURCE_CHANNEL, 40, ((10, 20),))]
+    st, out = merger.apply(st, [Mark("a#0", 60), Mark("a#0", 55)])  # the lowest did not move: nothing to say
+    assert out == []
+    st, out = merger.apply(st, [Mark("a#1", 70), Mark("tx#0", 65, ((30, 31),))])  # one mark per batch
+    assert out == [Mark(SOURCE_CHANNEL, 60, ((30, 31),))]
+    st, out = merger.apply(st, [Mark("tx#0", 66, ((62, 64),))])  # a span alone is passed on at once
+    assert out == [Mark(SOURCE_CHANNEL, 60, ((62, 64),))]
+    assert merger.apply(st.copy(), [Mark(c, END_MS) for c in ("a#0", "a#1", "tx#0")])[1] == [
+        Mark(SOURCE_CHANNEL, END_MS)]
+
+
+def test_a_stage_behind_merged_marks_releases_as_behind_the_channels_themselves() -> None:
+    """The same items and marks, merged or not: the same releases, in the same order."""
+    rng = random.Random(7)
+    channels = [f"t#{p}" for p in range(5)]
+    items = [Stamped("step", f"k{rng.randrange(4)}", rng.randrange(1, 200), (1, n), n) for n in range(60)]
+    marks = [Mark(rng.choice(channels), rng.randrange(1, 220)) for _ in range(200)] + \
+        [Mark(c, END_MS) for c in channels]
+    direct, merged = Sequencer(channels), Sequencer([SOURCE_CHANNEL])
+    merger = MarkMerger(channels, SOURCE_CHANNEL)
+    d_state = m_state = g_state = None
+    d_out: list[Any] = []
+    m_out: list[Any] = []
+    for i, item in enumerate(items):
+        d_state, released = direct.apply(d_state, item)
+        d_out += released
+        m_state, released = merged.apply(m_state, item)
+        m_out += released
+        for mark in marks[i * 3:i * 3 + 3]:
+            d_state, released = direct.apply(d_state, mark)
+            d_out += released
+        g_state, combined = merger.apply(g_state, marks[i * 3:i * 3 + 3])
+        for mark in combined:
+            m_state, released = merged.apply(m_state, mark)
+            m_out += released
+    for mark in marks[len(items) * 3:]:
+        d_state, released = direct.apply(d_state, mark)
+        d_out += released
+    g_state, combined = merger.apply(g_state, marks[len(items) * 3:])
+    for mark in combined:
+        m_state, released = merged.apply(m_state, mark)
+        m_out += released
+    assert [(s.time, s.item) for s in m_out] == [(s.time, s.item) for s in d_out]
+    assert len(d_out) == len(items)
