@@ -311,7 +311,8 @@ def stage(stage_id: str, items: Stream[Stamped], marks: Stream[Mark], channels: 
           reseed: frozenset[str] = frozenset()) -> tuple[Stream[Any], Stream[Mark]]:
     """Sequence `items` (for the keyed `steps`) by event time; returns (step outputs, marks for downstream).
 
-    `channels`: every channel whose marks this stage waits for (upstream partitions and steps@worker).
+    `channels`: every channel whose marks this stage waits for (the merged input partitions, "source",
+    and the steps@worker upstream).
     `workers`: the dataflow's total worker count; `shards`: fixed for a recovery directory;
     `reseed`: stores that lost their data, which the steps resumed from a snapshot re-publish to.
     """
