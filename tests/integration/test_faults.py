@@ -202,7 +202,17 @@ def test_the_pipeline_waits_out(name: str, supervised: Supervised, settings: Set
             row = conn.execute("SELECT state FROM sync.exceptions WHERE kind = 'sink_unavailable' AND "
                                "business_key = %s AND last_seen_ms >= %s", (sink, since_ms)).fetchone()
         assert row is not None and row[0] == "resolved", f"sink_unavailable for {sink} raised and resolved: {row}"
-    health = json.loads((Path(supervised.pipeline.env["ERPSYNC_FLOWS__RECOVERY_DIR"]) / "health-0.json").read_text())
+    # The health file of the process running now: after a kill -9 the outputs can be final before the
+    # restarted process has started up far enough to write its own (it then held the killed one's pid).
+    health_file = Path(supervised.pipeline.env["ERPSYNC_FLOWS__RECOVERY_DIR"]) / "health-0.json"
+    proc = supervised.pipeline.proc
+    assert proc is not None
+    deadline = time.monotonic() + 120
+    health = json.loads(health_file.read_text())
+    while health["pid"] != proc.pid and time.monotonic() < deadline:
+        time.sleep(0.5)
+        health = json.loads(health_file.read_text())
+    assert health["pid"] == proc.pid, f"the running pipeline (pid {proc.pid}) never wrote {health_file}: {health}"
     assert all(s["up"] for s in health["sinks"].values()), health
     status = subprocess.run([sys.executable, "-m", "erpsync", "stack", "status"], env=supervised.pipeline.env,
                             capture_output=True, text=True, timeout=120, check=False)
