@@ -340,14 +340,16 @@ def ensure_topics(settings: Settings, topics: Iterable[str], config: dict[str, s
            for t in sorted(set(topics) - existing)]
     if not new:
         return
+    created = []
     for topic, future in admin.create_topics(new).items():
         try:
             future.result()
+            created.append(topic)
             log.info("created topic %s (%d partitions)", topic, count)
         except KafkaException as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
-    _await_metadata(admin, [t.topic for t in new], count)
+    _await_metadata(admin, created, count)  # (one created meanwhile by another client has its own count)
 
 
 METADATA_WAIT_S = 30
