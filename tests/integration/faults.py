@@ -66,10 +66,22 @@ class Supervised:
             if proc is not None and proc.poll() is not None and not self.stopping.is_set():
                 log.warning("pipeline exited with %s; starting it again", proc.returncode)
                 self.restarts += 1
-                self.pipeline.start()
+                try:
+                    self.pipeline.start()
+                except AssertionError:  # it exited at once: seen (and started again) on the next look
+                    log.warning("the restarted pipeline exited at once")
 
     def kill9(self) -> None:
         self.pipeline.kill9()  # the supervisor starts it again
+
+    def log_size(self) -> int:
+        path = self.pipeline.home / "run.log"
+        return path.stat().st_size if path.exists() else 0
+
+    def log_since(self, offset: int) -> str:
+        with (self.pipeline.home / "run.log").open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
 
     def alive(self) -> bool:
         return self.pipeline.proc is not None and self.pipeline.proc.poll() is None
