@@ -198,7 +198,7 @@ class FlowSettings(BaseModel):
     # Event time: a partition read to its end is promised up to the clock minus this grace (records
     # in flight between the producer's timestamp and the read); sequencing shards per stage (fixed for
     # a recovery directory); the business time zone of channel orders' dates (price validity).
-    idle_grace_ms: int = Field(default=30, ge=0)
+    idle_grace_ms: int = Field(default=100, ge=0)
     shards: int = Field(default=4, ge=1)
     business_timezone: str = "UTC"
     # A sink that has waited this long for its store raises a sink_unavailable exception.

@@ -129,7 +129,7 @@ class Topology:
     input_channels: Sequence[str]  # every "<topic>#<partition>" the source reads (each sends marks)
     workers: int = 1  # total workers of the dataflow (all processes)
     shards: int = 4  # sequencing shards per stage: fixed for a recovery directory
-    grace_ms: int = 30  # how far behind the clock a partition read to its end is promised
+    grace_ms: int = 100  # how far behind the clock a partition read to its end is promised
     business_zone: str = "UTC"  # dates of channel orders (price validity)
     reseed: frozenset[str] = frozenset()  # stores that lost their data: re-published from the resumed state
 
