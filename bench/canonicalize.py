@@ -25,7 +25,7 @@ from erpsync.runner import tune_gc
 from flows.canonicalize import make_canonicalizer, read
 from schemas.registry import SchemaRegistry
 from state.changes import PartitionReader
-from state.sequencer import Mark
+from state.sequencer import Mark, read_groups
 
 
 class _Count(DynamicSink[object]):
@@ -59,7 +59,7 @@ def flow_time(path: Path, workers: int) -> tuple[float, int]:
     items = op.input("inp", flow, DumpSource(path, sorted(ends), ends))
     reader = PartitionReader(make_canonicalizer(SchemaRegistry.load()), 100, lambda raw, time: [raw],
                              frozenset({"commerce.orders"}))
-    out = read(items, reader)  # type: ignore[arg-type] # (a dump line that is not a record would be a DeadLetter)
+    out = read(items, reader, read_groups(ends, 4), 4)  # type: ignore[arg-type] # (a dump line that is not a record would be a DeadLetter)
     op.output("count", op.filter("outcomes", out, lambda o: not isinstance(o, Mark)), counter)
     tune_gc()  # as erpsync run and replay do
     start = time.perf_counter()

@@ -1,15 +1,20 @@
 """Raw Debezium topics -> canonical.<entity> topics (Avro), sync.exceptions and sync.dlq, in event time.
 
-Records are keyed by the channel they were read from (a raw topic partition: Debezium partitions by
-row key, so one row's versions never span partitions) and handed to the pure ``PartitionReader`` a
-batch at a time. After each batch the reader marks how far event time has come on its channel; the
-marks travel with the canonical events to the sequenced stages (``flows.sequencing``).
+Each input channel (a raw topic partition: Debezium partitions by row key, so one row's versions
+never span partitions) has its pure ``PartitionReader`` state. The channels are read in a few read
+groups (``state.sequencer.read_groups``, one key each, as many as the stages have shards): a group's
+step hands each channel's records to its reader a batch at a time, and after each batch merges the
+marks of its channels, how far event time has come on each, into the group's one mark
+(``MarkMerger``). The group's mark leaves the step after the items it covers and from the same
+worker, so it travels behind them to the sequenced stages (``flows.sequencing``); merging marks
+anywhere else lets them overtake their items between processes.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +28,7 @@ from schemas.registry import SchemaRegistry
 from state.changes import Canonicalizer, EntityInfo, PartitionReader, ReaderState
 from state.dead_letters import replayed_exception
 from state.records import DeadLetter, Emit, Ignored, Progress, RawRecord
-from state.sequencer import Mark
+from state.sequencer import Mark, MarkMerger, MergeState, read_group
 
 log = logging.getLogger(__name__)
 # Logged with the count of records that arrived behind their partition's promise (bench.freshness sums them).
@@ -43,23 +48,44 @@ def make_canonicalizer(registry: SchemaRegistry, mappings_dir: Path | None = Non
     )
 
 
-class _Logic(StatefulBatchLogic[RawRecord | Progress, Any, ReaderState]):
-    def __init__(self, reader: PartitionReader, resume: ReaderState | None) -> None:
+@dataclass(slots=True)
+class GroupState:
+    """A read group's state: each channel's reader, and the merge of their marks."""
+
+    readers: dict[str, ReaderState] = field(default_factory=dict)
+    merge: MergeState = field(default_factory=MergeState)
+
+    def copy(self) -> GroupState:
+        return GroupState({c: r.copy() for c, r in self.readers.items()}, self.merge.copy())
+
+
+class _Logic(StatefulBatchLogic[RawRecord | Progress, Any, GroupState]):
+    def __init__(self, reader: PartitionReader, channels: Mapping[str, Sequence[str]], groups: int,
+                 resume: GroupState | None) -> None:
         self.reader = reader
-        self.state = resume
-        self.channel = ""
+        self.channels = channels  # read group -> its channels
+        self.groups = groups
+        self.state = resume or GroupState()
+        self.merger: MarkMerger | None = None  # the group's, once its key is known (the first batch)
 
     def on_batch(self, values: list[RawRecord | Progress]) -> tuple[Iterable[Any], bool]:
         return self._batch(values)
 
     def _batch(self, values: list[RawRecord | Progress]) -> tuple[Iterable[Any], bool]:
         out: list[Any] = []
+        marks: list[Mark] = []
         apply = self.reader.apply
-        delayed = self.state.delayed if self.state is not None else 0
+        readers = self.state.readers
+        delayed: dict[str, int] = {}  # channel -> records delayed before this batch
         for item in values:
-            self.channel = item.channel if isinstance(item, Progress) else item.read_from
-            self.state, outcomes = apply(self.state, item)
-            out.extend(outcomes)
+            channel = item.channel if isinstance(item, Progress) else item.read_from
+            before = readers.get(channel)
+            if channel not in delayed:
+                delayed[channel] = before.delayed if before is not None else 0
+            state, outcomes = apply(before, item)
+            readers[channel] = state
+            for o in outcomes:
+                (marks if isinstance(o, Mark) else out).append(o)
             if isinstance(item, RawRecord):
                 if telemetry.tracing():
                     for o in outcomes:
@@ -74,16 +100,22 @@ class _Logic(StatefulBatchLogic[RawRecord | Progress, Any, ReaderState]):
                                                for o in outcomes if isinstance(o, Emit | Ignored)}))
                     out.append(replayed_exception(item, landed or "nothing to apply"))
         _count_read(values, out)
-        if self.state is not None and self.state.delayed > delayed:
-            telemetry.count("read", "delayed", self.state.delayed - delayed)
-            log.info("%s: %d %s, moved just after it (delayed: %d in all)", self.channel,
-                     self.state.delayed - delayed, DELAYED, self.state.delayed)
-        if self.state is not None:
-            out.extend(self.reader.flush(self.state, self.channel))
+        for channel, was in delayed.items():
+            state = readers[channel]
+            if state.delayed > was:
+                telemetry.count("read", "delayed", state.delayed - was)
+                log.info("%s: %d %s, moved just after it (delayed: %d in all)", channel, state.delayed - was,
+                         DELAYED, state.delayed)
+            marks.extend(self.reader.flush(state, channel))
+        if self.merger is None:
+            group = read_group(next(iter(delayed)), self.groups)
+            self.merger = MarkMerger(self.channels.get(group, ()), group)
+        self.state.merge, merged = self.merger.apply(self.state.merge, marks)
+        out.extend(merged)  # after every item it covers, from this worker: it travels behind them
         return out, StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> ReaderState:
-        return ReaderState() if self.state is None else self.state.copy()
+    def snapshot(self) -> GroupState:
+        return self.state.copy()
 
 
 def _count_read(values: list[RawRecord | Progress], out: list[Any]) -> None:
@@ -107,8 +139,13 @@ def _count_read(values: list[RawRecord | Progress], out: list[Any]) -> None:
         telemetry.count("read", "ignored", ignored)
 
 
-def read(raw: Stream[RawRecord | Progress], reader: PartitionReader) -> Stream[Any]:
-    """Every input channel through its reader: canonical events, channel orders, marks, DLQ records, ignores."""
-    keyed = op.key_on("read_by_channel", raw,
-                      lambda r: r.channel if isinstance(r, Progress) else r.read_from)
-    return op.key_rm("read_unkey", op.stateful_batch("read", keyed, lambda resume: _Logic(reader, resume)))
+def read(raw: Stream[RawRecord | Progress], reader: PartitionReader, channels: Mapping[str, Sequence[str]],
+         groups: int) -> Stream[Any]:
+    """Every input channel through its reader: canonical events, channel orders, DLQ records, ignores.
+
+    And the marks of each read group (`channels`: group -> its channels, ``state.sequencer.read_groups``).
+    """
+    keyed = op.key_on("read_by_group", raw,
+                      lambda r: read_group(r.channel if isinstance(r, Progress) else r.read_from, groups))
+    return op.key_rm("read_unkey", op.stateful_batch(
+        "read_groups", keyed, lambda resume: _Logic(reader, channels, groups, resume)))

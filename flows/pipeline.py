@@ -29,7 +29,7 @@ from bytewax.dataflow import Dataflow, Stream
 
 from erpsync import telemetry
 from flows.canonicalize import make_canonicalizer, read
-from flows.sequencing import StageStep, merge_marks, stage
+from flows.sequencing import StageStep, stage
 from schemas.registry import SchemaRegistry
 from state import EXCEPTION_SCHEMA
 from state.availability import (
@@ -77,7 +77,7 @@ from state.order_status import (
     StatusBook,
 )
 from state.records import DeadLetter, Emit, Ignored, Progress, RawRecord, Reseed
-from state.sequencer import SOURCE_CHANNEL, Mark, Stamped
+from state.sequencer import Mark, Stamped, read_groups
 from state.timers import Deadline, Timers
 
 COMMERCE_ORDERS_TOPIC = "commerce.orders"
@@ -247,7 +247,8 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], topology: 
     raw: Stream[RawRecord | Progress] = source.trues  # type: ignore[assignment]
     unreadable: Stream[DeadLetter] = source.falses  # type: ignore[assignment]
     _count("input", "dlq", unreadable)
-    read_out = read(raw, reader)
+    groups = read_groups(topology.input_channels, topology.shards)
+    read_out = read(raw, reader, groups, topology.shards)
     marks: Stream[Mark] = op.filter("read_marks", read_out, lambda o: isinstance(o, Mark))
     consumed = op.filter("to_stages", read_out, lambda o: isinstance(o, ChannelOrder) or (
         isinstance(o, Emit) and o.topic in CONSUMERS))
@@ -262,9 +263,10 @@ def build_flow(registry: SchemaRegistry, channels: Sequence[Channel], topology: 
         "network": SkuNetwork(channels), "customers": CustomerBook(), "route_orders": OrderRouter(),
         "arbiter": arbiter, "ats": ats, "status": StatusBook(set(by_id), slas), "timers": Timers(),
     }
-    # every stage waits for the input partitions: merged once into one channel, not a hundred per shard
-    upstream: list[str] = [SOURCE_CHANNEL] if topology.input_channels else []
-    all_marks = [merge_marks("source_marks", marks, topology.input_channels, SOURCE_CHANNEL)]
+    # every stage waits for the input partitions: merged per read group (flows.canonicalize), not a
+    # hundred channels per shard
+    upstream: list[str] = sorted(groups)
+    all_marks = [marks]
     for stage_id, steps in STAGES:
         items = op.filter(f"{stage_id}_items", stamped, _for_steps(frozenset(steps)))
         stage_marks = op.merge(f"{stage_id}_marks_in", *all_marks)

@@ -35,7 +35,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from erpsync import telemetry
 from state.records import DeadLetter, Emit, RawRecord
-from state.sequencer import Mark, MarkMerger, MergeState, SeqState, Sequencer, Stamped
+from state.sequencer import Mark, SeqState, Sequencer, Stamped
 
 log = logging.getLogger(__name__)
 FENCE_PREFIX = "\U0010ffff\U0010ffff"  # sorts after any entity key (UTF-8 bytes F4 8F BF BF)
@@ -286,33 +286,13 @@ def shard_of(step: str, key: str, shards: int) -> str:
     return str(zlib.crc32(f"{step}|{key}".encode()) % shards)
 
 
-def merge_marks(step_id: str, marks: Stream[Mark], channels: Iterable[str], name: str) -> Stream[Mark]:
-    """The marks of `channels` as the marks of one channel, `name` (``state.sequencer.MarkMerger``)."""
-    merger = MarkMerger(channels, name)
-    keyed = op.key_on(f"{step_id}_key", marks, lambda m: name)
-    return op.key_rm(f"{step_id}_unkey", op.stateful_batch(step_id, keyed, lambda resume: _MergeLogic(merger, resume)))
-
-
-class _MergeLogic(StatefulBatchLogic[Mark, Mark, MergeState]):
-    def __init__(self, merger: MarkMerger, resume: MergeState | None) -> None:
-        self.merger = merger
-        self.state = resume or MergeState()
-
-    def on_batch(self, values: list[Mark]) -> tuple[Iterable[Mark], bool]:
-        self.state, out = self.merger.apply(self.state, values)
-        return out, StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> MergeState:
-        return self.state.copy()
-
-
 def stage(stage_id: str, items: Stream[Stamped], marks: Stream[Mark], channels: Iterable[str],
           steps: dict[str, StageStep], *, workers: int, shards: int,
           reseed: frozenset[str] = frozenset()) -> tuple[Stream[Any], Stream[Mark]]:
     """Sequence `items` (for the keyed `steps`) by event time; returns (step outputs, marks for downstream).
 
-    `channels`: every channel whose marks this stage waits for (the merged input partitions, "source",
-    and the steps@worker upstream).
+    `channels`: every channel whose marks this stage waits for (the read groups' merged input
+    partitions, "source#<group>", and the steps@worker upstream).
     `workers`: the dataflow's total worker count; `shards`: fixed for a recovery directory;
     `reseed`: stores that lost their data, which the steps resumed from a snapshot re-publish to.
     """

@@ -24,12 +24,13 @@ end of the input.
 from __future__ import annotations
 
 import heapq
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 END_MS = 2**62  # a channel that will send nothing more (end of a replay's input)
-SOURCE_CHANNEL = "source"  # the input partitions' marks, merged (``MarkMerger``)
+SOURCE_CHANNEL = "source"  # the input partitions' marks, merged per read group: "source#<group>" (``MarkMerger``)
 WAKE_RANK = 9  # wakes come after every source item of their millisecond
 Order = tuple[Any, ...]  # (source rank, source position, sub-order...) within one millisecond
 
@@ -165,12 +166,30 @@ class MergeState:
         return MergeState(dict(self.marks), list(self.spans), self.sent)
 
 
+def read_group(channel: str, groups: int) -> str:
+    """The read group of an input channel: its partitions are read, and their marks merged, by one step."""
+    return f"{SOURCE_CHANNEL}#{zlib.crc32(channel.encode()) % groups}"
+
+
+def read_groups(channels: Iterable[str], groups: int) -> dict[str, list[str]]:
+    """Read group -> its input channels (groups without any channel left out)."""
+    out: dict[str, list[str]] = {}
+    for channel in sorted(channels):
+        out.setdefault(read_group(channel, groups), []).append(channel)
+    return out
+
+
 class MarkMerger:
     """The marks of many channels as the marks of one, `name`: the lowest promise, with every span carried.
 
     Every stage waits for every input partition, and a partition read to its end promises every few
-    milliseconds: a hundred partitions send thousands of marks a second. Merged once, a stage's
-    shards see one channel instead of a hundred, and one mark per batch of marks.
+    milliseconds: a hundred partitions send thousands of marks a second. Merged, a stage's shards see
+    a few channels instead of a hundred, and one mark per batch of marks.
+
+    The merge must happen where the channels' items are read (``flows.canonicalize``, one step per
+    read group), never further on: a mark may only travel behind the items it covers. Merged in a
+    step of its own, on whichever worker holds its key, the merged mark reached the shards of another
+    process before the items it covered (a cluster replay released hundreds of items out of order).
     """
 
     def __init__(self, channels: Iterable[str], name: str) -> None:

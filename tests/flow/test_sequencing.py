@@ -14,7 +14,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from flows.sequencing import StageStep, fence_keys, stage, worker_of
-from state.sequencer import END_MS, SOURCE_CHANNEL, Mark, MarkMerger, Sequencer, Stamped, Wake
+from state.sequencer import END_MS, SOURCE_CHANNEL, Mark, MarkMerger, Sequencer, Stamped, Wake, read_group, read_groups
 
 
 class Recorder:
@@ -257,3 +257,13 @@ def test_merged_marks_resumed_with_other_inputs_wait_for_every_current_one() -> 
     assert out == []  # a promise never goes back: 80 was sent before
     st, out = after.apply(st, [Mark("new#0", 100)])
     assert out == [Mark(SOURCE_CHANNEL, 95)]
+
+
+def test_read_groups_hold_every_channel_once_and_agree_with_read_group() -> None:
+    topics = ("erp.erp.items", "wms.wms.inventory_balances", "commerce.orders")
+    channels = [f"{t}#{p}" for t in topics for p in range(6)]
+    groups = read_groups(channels, 4)
+    assert sorted(c for members in groups.values() for c in members) == sorted(channels)
+    assert all(read_group(c, 4) == g for g, members in groups.items() for c in members)
+    assert all(members for members in groups.values()) and len(groups) > 1  # spread, no empty group
+    assert read_groups(reversed(channels), 4) == groups  # a function of the set of channels
