@@ -23,6 +23,7 @@ from bench.make_dump import generate
 from connectors.files import DumpSource, dump_channel_ends
 from erpsync.runner import tune_gc
 from flows.canonicalize import make_canonicalizer, read
+from flows.pipeline import Topology
 from schemas.registry import SchemaRegistry
 from state.changes import PartitionReader
 from state.sequencer import Mark, read_groups
@@ -59,7 +60,9 @@ def flow_time(path: Path, workers: int) -> tuple[float, int]:
     items = op.input("inp", flow, DumpSource(path, sorted(ends), ends))
     reader = PartitionReader(make_canonicalizer(SchemaRegistry.load()), 100, lambda raw, time: [raw],
                              frozenset({"commerce.orders"}))
-    out = read(items, reader, read_groups(ends, 4), 4)  # type: ignore[arg-type] # (a dump line that is not a record would be a DeadLetter)
+    shards = Topology(sorted(ends)).shards  # read groups as the pipeline makes them
+    # (a dump line that is not a record would be a DeadLetter)
+    out = read(items, reader, read_groups(ends, shards), shards)  # type: ignore[arg-type]
     op.output("count", op.filter("outcomes", out, lambda o: not isinstance(o, Mark)), counter)
     tune_gc()  # as erpsync run and replay do
     start = time.perf_counter()

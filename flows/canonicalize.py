@@ -13,7 +13,7 @@ anywhere else lets them overtake their items between processes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,11 +60,10 @@ class GroupState:
 
 
 class _Logic(StatefulBatchLogic[RawRecord | Progress, Any, GroupState]):
-    def __init__(self, reader: PartitionReader, channels: Mapping[str, Sequence[str]], groups: int,
+    def __init__(self, reader: PartitionReader, merger_of: Callable[[str], MarkMerger],
                  resume: GroupState | None) -> None:
         self.reader = reader
-        self.channels = channels  # read group -> its channels
-        self.groups = groups
+        self.merger_of = merger_of  # channel -> the merger of its read group
         self.state = resume or GroupState()
         self.merger: MarkMerger | None = None  # the group's, once its key is known (the first batch)
 
@@ -108,8 +107,7 @@ class _Logic(StatefulBatchLogic[RawRecord | Progress, Any, GroupState]):
                          DELAYED, state.delayed)
             marks.extend(self.reader.flush(state, channel))
         if self.merger is None:
-            group = read_group(next(iter(delayed)), self.groups)
-            self.merger = MarkMerger(self.channels.get(group, ()), group)
+            self.merger = self.merger_of(next(iter(delayed)))
         self.state.merge, merged = self.merger.apply(self.state.merge, marks)
         out.extend(merged)  # after every item it covers, from this worker: it travels behind them
         return out, StatefulBatchLogic.RETAIN
@@ -123,16 +121,14 @@ def _count_read(values: list[RawRecord | Progress], out: list[Any]) -> None:
     records = sum(isinstance(v, RawRecord) for v in values)
     if not records:
         return
-    dlq = ignored = marks = 0
-    for o in out:
+    dlq = ignored = 0
+    for o in out:  # (the batch's marks are not in `out` yet: they are not output records)
         if isinstance(o, DeadLetter):
             dlq += 1
         elif isinstance(o, Ignored):
             ignored += 1
-        elif isinstance(o, Mark):  # a source's Progress read in the same batch: not an output record
-            marks += 1
     telemetry.count("read", "in", records)
-    telemetry.count("read", "out", len(out) - dlq - ignored - marks)
+    telemetry.count("read", "out", len(out) - dlq - ignored)
     if dlq:
         telemetry.count("read", "dlq", dlq)
     if ignored:
@@ -145,7 +141,17 @@ def read(raw: Stream[RawRecord | Progress], reader: PartitionReader, channels: M
 
     And the marks of each read group (`channels`: group -> its channels, ``state.sequencer.read_groups``).
     """
-    keyed = op.key_on("read_by_group", raw,
-                      lambda r: read_group(r.channel if isinstance(r, Progress) else r.read_from, groups))
+    group_of = {c: g for g, members in channels.items() for c in members}  # (a dict: read per record)
+    mergers = {g: MarkMerger(members, g) for g, members in channels.items()}
+
+    def group(r: RawRecord | Progress) -> str:
+        channel = r.channel if isinstance(r, Progress) else r.read_from
+        return group_of.get(channel) or read_group(channel, groups)
+
+    def merger_of(channel: str) -> MarkMerger:
+        g = group_of.get(channel) or read_group(channel, groups)
+        return mergers.get(g) or MarkMerger((), g)  # a channel nobody waits for: its group merges nothing
+
+    keyed = op.key_on("read_by_group", raw, group)
     return op.key_rm("read_unkey", op.stateful_batch(
-        "read_groups", keyed, lambda resume: _Logic(reader, channels, groups, resume)))
+        "read_groups", keyed, lambda resume: _Logic(reader, merger_of, resume)))
