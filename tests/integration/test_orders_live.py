@@ -188,7 +188,8 @@ def test_a_reservation_lowers_ats_at_once_and_is_released_when_the_erp_order_app
     with Workload(settings, seed=5, tag=tag, **knobs) as work:
         work.seed()
         assert work.wait_ready(240)
-        before = wait_until(lambda: (v := latest()) and v["on_hand"] > 0 and v, 60,
+        # (its stock and its item come from two systems: the stock can be applied first, ATS 0 until the item)
+        before = wait_until(lambda: (v := latest()) and v["on_hand"] > 0 and v["ats"] > 0 and v, 60,
                             "the seeded SKU's availability")
         [plan] = work.orders(1)
         assert (plan.doc["channel"], plan.doc["lines"][0]["sku"]) == (channel, sku)
