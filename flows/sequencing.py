@@ -17,12 +17,20 @@ of every shard, everything released before it has been applied on that worker, a
 ``Mark`` for the channel ``<step>@<worker>`` to the stages downstream. To address a worker, the fence
 keys are chosen with bytewax's own routing function (``worker_of``: Rust's SipHash-1-3 with zero
 keys over the key's bytes, modulo the worker count; ``tests/flow`` checks it against bytewax).
+
+Keys at rest are packed. A keyed step holds one state per SKU, order or customer ever seen, and most
+of them rest for long stretches; as Python objects a SKU's state took about 4 KB. bytewax snapshots
+a key at the end of every epoch in which it had items, so that is where the step pickles the key
+and its state and drops the objects; the key's next item unpickles them. The pickle is the
+snapshot (nothing is copied) and what the recovery store writes. A state unpickled is equal to the
+one pickled, so outputs do not depend on when keys were packed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import pickle
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -134,8 +142,6 @@ class KeyedReducer(Protocol):
 
     def close(self, state: Any, key: str, time: int) -> tuple[Any, list[Any]]: ...
 
-    def copy(self, state: Any) -> Any: ...
-
 
 # (step, key, wake) destinations of an output produced at event time `time`; none: it leaves the stages
 Route = Callable[[Any, int], Iterable[tuple[str, str, int]]]
@@ -182,6 +188,17 @@ class _FenceState:
     sent: int = -1
 
 
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """What every key of a keyed step shares (held once, not by each key's logic)."""
+
+    step: str
+    reducer: KeyedReducer
+    route: Route
+    shards: int
+    reseed: frozenset[str] = frozenset()
+
+
 class _StepLogic(StatefulBatchLogic[Stamped, Any, Any]):
     """Runs a keyed reducer over released items; the per-worker fence keys forward marks instead.
 
@@ -189,22 +206,33 @@ class _StepLogic(StatefulBatchLogic[Stamped, Any, Any]):
     kept as it was left); the key goes on with its next item. Built from a snapshot while `reseed`
     names stores that lost their data, it re-publishes its key's current values to them
     (``republish``), spread over ``RESEED_SPREAD_S`` so a large state does not come out at once.
+    One exists per key (millions at a distributor's scale), so it holds only what is the key's own.
     """
 
-    def __init__(self, step: str, reducer: KeyedReducer, route: Route, shards: int,
-                 resume: tuple[str, Any] | None, reseed: frozenset[str] = frozenset()) -> None:
-        self.step = step
-        self.reducer = reducer
-        self.route = route
-        self.shards = shards
-        self.key: str = resume[0] if resume is not None else ""  # snapshots carry their key
-        self.state: Any = resume[1] if resume is not None else None
-        self.reseed = reseed
+    def __init__(self, spec: _Step, resume: bytes | tuple[str | None, Any] | None) -> None:
+        self.spec = spec
+        self.key: str | None = None  # the key, known while its state is unpacked (or a fence key's)
+        self.state: Any = None
+        self.packed: bytes | None = None  # (key, state) pickled while the key rests (see `snapshot`)
+        if isinstance(resume, bytes):
+            self.packed = resume
+        elif resume is not None:  # a fence key's snapshot, or one taken before states were packed
+            self.key, self.state = resume
         self.reseed_at: datetime | None = None
-        republish = getattr(reducer, "republish", None)
-        if reseed and self.state is not None and republish is not None and not isinstance(self.state, _FenceState):
-            spread = zlib.crc32(f"{step}|{self.key}".encode()) % (RESEED_SPREAD_S * 1000)
+        republish = getattr(spec.reducer, "republish", None)
+        if spec.reseed and self._has_state() and republish is not None and not isinstance(self.state, _FenceState):
+            self._unpacked()  # (rare: its stores lost their data)
+            spread = zlib.crc32(f"{spec.step}|{self.key}".encode()) % (RESEED_SPREAD_S * 1000)
             self.reseed_at = datetime.now(UTC) + timedelta(milliseconds=spread)
+
+    def _has_state(self) -> bool:
+        return self.state is not None or self.packed is not None
+
+    def _unpacked(self) -> Any:
+        if self.packed is not None:
+            # (our own pickle of this key's state, made by `snapshot`: nothing from outside)
+            (self.key, self.state), self.packed = pickle.loads(self.packed), None  # noqa: S301
+        return self.state
 
     def notify_at(self) -> datetime | None:
         return self.reseed_at
@@ -213,17 +241,19 @@ class _StepLogic(StatefulBatchLogic[Stamped, Any, Any]):
         if self.reseed_at is None:
             return [], self._keep()
         self.reseed_at = None
-        republish = getattr(self.reducer, "republish")  # noqa: B009 - reducers that can re-seed have it
-        return republish(self.state, self.key, self.reseed), self._keep()
+        republish = getattr(self.spec.reducer, "republish")  # noqa: B009 - reducers that can re-seed have it
+        state = self._unpacked()
+        return republish(state, self.key, self.spec.reseed), self._keep()
 
     def _keep(self) -> bool:
-        return StatefulBatchLogic.DISCARD if self.state is None else StatefulBatchLogic.RETAIN
+        return StatefulBatchLogic.RETAIN if self._has_state() else StatefulBatchLogic.DISCARD
 
     def on_batch(self, values: list[Stamped]) -> tuple[Iterable[Any], bool]:
         if isinstance(values[0].item, Fence):
             return self._fences(values), StatefulBatchLogic.RETAIN
         out: list[Any] = []
-        reducer, route = self.reducer, self.route
+        step, reducer, route = self.spec.step, self.spec.reducer, self.spec.route
+        self._unpacked()
         key = self.key = values[0].key
         for s in values:
             try:
@@ -232,19 +262,19 @@ class _StepLogic(StatefulBatchLogic[Stamped, Any, Any]):
                     self.state, closing = reducer.close(self.state, key, s.time)
                     outs.extend(closing)
             except Exception as exc:  # noqa: BLE001 - one item must not stop the pipeline
-                out.append(failed(self.step, key, s.item, exc))
+                out.append(failed(step, key, s.item, exc))
                 continue
             # what one item causes is applied downstream as one transaction: its own, or the item itself
-            tx = s.tx if s.tx is not None else (self.step, key, s.time, s.order)
+            tx = s.tx if s.tx is not None else (step, key, s.time, s.order)
             for i, o in enumerate(outs):
                 targets = list(route(o, s.time))
                 if not targets:
                     out.append(o)
                     continue
                 order = (*s.order, i)
-                out.extend(Stamped(step, k, s.time, order, o, wake, tx) for step, k, wake in targets)
-        telemetry.count(self.step, "in", len(values))
-        telemetry.count(self.step, "out", len(out))
+                out.extend(Stamped(to, k, s.time, order, o, wake, tx) for to, k, wake in targets)
+        telemetry.count(step, "in", len(values))
+        telemetry.count(step, "out", len(out))
         return out, self._keep()
 
     def _fences(self, values: list[Stamped]) -> list[Mark]:
@@ -256,18 +286,28 @@ class _StepLogic(StatefulBatchLogic[Stamped, Any, Any]):
             fence = s.item
             if fence.ms > st.shards.get(fence.shard, -1):
                 st.shards[fence.shard] = fence.ms
-        if len(st.shards) < self.shards:
+        if len(st.shards) < self.spec.shards:
             return []
         low = min(st.shards.values())
         if low <= st.sent:
             return []
         st.sent = low
-        return [Mark(f"{self.step}@{worker}", low)]
+        return [Mark(f"{self.spec.step}@{worker}", low)]
 
-    def snapshot(self) -> tuple[str, Any]:
+    def snapshot(self) -> bytes | tuple[str | None, Any] | None:
+        """The key and its state, packed; called at the end of every epoch in which the key had items.
+
+        They stay packed (pickled) until the key's next item: most keys of a distributor (SKUs,
+        orders) rest for many epochs, and pickled a state takes a quarter to a third of the memory
+        of its objects. The pickle is also the snapshot (no copy), and the recovery store takes
+        bytes as they are. A fence key (one per worker, busy) is not packed.
+        """
         if isinstance(self.state, _FenceState):
             return self.key, _FenceState(dict(self.state.shards), self.state.sent)
-        return self.key, self.reducer.copy(self.state)
+        if self.state is not None:
+            self.packed = pickle.dumps((self.key, self.state), protocol=pickle.HIGHEST_PROTOCOL)
+            self.key = self.state = None
+        return self.packed
 
 
 # ----------------------------------------------------------------------------- building a stage
@@ -317,7 +357,9 @@ def _keyed_step(step_id: str, spec: StageStep, released: Stream[Any], shards: in
     mine: Stream[Stamped] = op.filter(f"{step_id}_items", released, lambda s: s.step == step_id)
     keyed_items = op.key_on(f"{step_id}_by_key", mine, lambda s: s.key)
 
-    def build(resume: tuple[str, Any] | None) -> _StepLogic:
-        return _StepLogic(step_id, spec.reducer, spec.route, shards, resume, reseed)
+    shared = _Step(step_id, spec.reducer, spec.route, shards, reseed)
+
+    def build(resume: bytes | tuple[str | None, Any] | None) -> _StepLogic:
+        return _StepLogic(shared, resume)
 
     return op.key_rm(f"{step_id}_unkey", op.stateful_batch(step_id, keyed_items, build))

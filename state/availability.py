@@ -21,6 +21,7 @@ source's transactions. Rows are still fenced by source position: a redelivered c
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -28,7 +29,7 @@ from typing import Any
 
 from state import exception, newer
 from state.channels import Channel
-from state.records import Emit, Reseed
+from state.records import Emit, Reseed, pickled_by_position
 from state.sequencer import Wake
 from state.timers import Deadline, arm, overdue
 
@@ -54,6 +55,7 @@ def source_of(event: Emit) -> tuple[str, str]:
 # ----------------------------------------------------------------------------- order lines
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class Commitment:
     """What ERP order line `line` ("<order id>/<line no>") still commits of `sku` (0: nothing)."""
@@ -65,6 +67,7 @@ class Commitment:
     position: str = ""
 
 
+@pickled_by_position
 @dataclass(slots=True)
 class OrderState:
     """One ERP order as far as availability cares. Deleted rows stay as fences until the order closes."""
@@ -75,8 +78,6 @@ class OrderState:
     emitted: dict[int, tuple[str, int]] = field(default_factory=dict)  # line -> (sku, qty) told to the network
     source: tuple[str, str] = ("erp", "")  # the newest change applied (system, position)
 
-    def copy(self) -> OrderState:
-        return OrderState(self.header, dict(self.lines), dict(self.allocations), dict(self.emitted), self.source)
 
 
 class OrderLines:
@@ -138,13 +139,12 @@ class OrderLines:
             return None, out  # nothing committed any more: forget the order
         return st, out
 
-    def copy(self, state: OrderState | None) -> OrderState | None:
-        return None if state is None else state.copy()
 
 
 # ----------------------------------------------------------------------------- per-SKU network
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class PriceLine:
     unit_price: Decimal
@@ -155,6 +155,7 @@ class PriceLine:
         return self.valid_from <= day and (self.valid_to is None or day <= self.valid_to)
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class LineCheck:
     """Intake asks, for one line of a channel order, what the SKU looks like at the order's time."""
@@ -166,6 +167,7 @@ class LineCheck:
     day: int  # the order's business date, days since the epoch (price validity)
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class LineAnswer:
     order_key: str
@@ -176,6 +178,7 @@ class LineAnswer:
     prices: tuple[tuple[str, str], ...]  # (price list id, unit price) valid on the order's date
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class NetworkState:
     """A SKU's stock picture before reservations, per channel id (what ``SkuAts`` needs)."""
@@ -189,6 +192,17 @@ class NetworkState:
     known: bool  # anything at all is known of the SKU (stock, item or commitments)
 
 
+def visible(n: NetworkState) -> bytes:
+    """A digest of what channels could see of a SKU's network state (all of it but the positions).
+
+    What ``SkuNetwork`` keeps of the state it sent last: a SKU's state is held for every SKU of the
+    catalog, and the digest is a tenth of the size of the state.
+    """
+    return hashlib.blake2b(repr((n.status, n.safety, n.committed, n.channels, n.known)).encode(),
+                           digest_size=16).digest()
+
+
+@pickled_by_position
 @dataclass(slots=True)
 class SkuState:
     stock: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)  # loc -> pos, on_hand, alloc, transit
@@ -196,11 +210,8 @@ class SkuState:
     commitments: dict[str, int] = field(default_factory=dict)  # order line -> qty (nonzero only)
     prices: dict[tuple[str, int], tuple[str, PriceLine | None]] = field(default_factory=dict)
     positions: dict[str, str] = field(default_factory=dict)
-    sent: NetworkState | None = None
+    sent: bytes | None = None  # ``visible`` of the NetworkState last sent
 
-    def copy(self) -> SkuState:
-        return SkuState(dict(self.stock), self.item, dict(self.commitments), dict(self.prices), dict(self.positions),
-                        self.sent)
 
 
 class SkuNetwork:
@@ -307,21 +318,18 @@ class SkuNetwork:
         if state is None:
             return None, []
         now = self.state_of(state, key)
-        sent = state.sent
-        if sent is not None and (sent.status, sent.safety, sent.committed, sent.channels, sent.known) == \
-                (now.status, now.safety, now.committed, now.channels, now.known):
-            state.sent = now  # positions moved only: nothing a channel could see
-            return state, []
-        state.sent = now
+        seen = visible(now)
+        if seen == state.sent:
+            return state, []  # positions moved only: nothing a channel could see
+        state.sent = seen
         return state, [now]
 
-    def copy(self, state: SkuState | None) -> SkuState | None:
-        return None if state is None else state.copy()
 
 
 # ----------------------------------------------------------------------------- per-SKU availability
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class Reservation:
     """What an accepted, not yet imported channel order line reserves of `sku` (0: released)."""
@@ -331,6 +339,7 @@ class Reservation:
     qty: int
 
 
+@pickled_by_position
 @dataclass(slots=True)
 class View:
     """What one channel was last told about a SKU, and what is held for it."""
@@ -342,6 +351,7 @@ class View:
     oversold: bool = False
 
 
+@pickled_by_position
 @dataclass(slots=True)
 class AtsState:
     net: NetworkState | None = None
@@ -352,10 +362,6 @@ class AtsState:
     commerce: str = ""  # newest reservation change (its order line), for the record's positions
     version: int = 0  # inputs applied: orders publications of one SKU, the same in every run
 
-    def copy(self) -> AtsState:
-        return AtsState(self.net, dict(self.reservations),
-                        {c: View(v.ats, v.status, v.published_ms, v.held, v.oversold) for c, v in self.views.items()},
-                        self.unknown_armed, self.unknown_since, self.commerce, self.version)
 
 
 class SkuAts:
@@ -497,5 +503,3 @@ class SkuAts:
             out.extend(overdue("unknown_sku", "item", sku, reason, due, time, {}, armed_ms=st.unknown_since))
         return out
 
-    def copy(self, state: AtsState | None) -> AtsState | None:
-        return None if state is None else state.copy()

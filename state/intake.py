@@ -39,7 +39,7 @@ from state import exception
 from state.availability import ORDER_INTAKE_TOPIC, ORDER_TOPIC, LineAnswer, LineCheck, Reservation
 from state.changes import MAX_JSON_DEPTH, json_depth_ok
 from state.channels import Channel
-from state.records import DeadLetter, Emit, Ignored, RawRecord
+from state.records import DeadLetter, Emit, Ignored, RawRecord, pickled_by_position
 from state.sequencer import Wake
 
 FULFILLMENT_METHODS = frozenset({"SHIP", "PICKUP", "DROPSHIP"})
@@ -71,6 +71,7 @@ REASON_TEXT = {
 # ----------------------------------------------------------------------------- parsing
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class Order:
     """A channel order that parsed into the expected shape, with its business date."""
@@ -178,6 +179,7 @@ def _reject_constant(name: str) -> Any:
 # ----------------------------------------------------------------------------- the rules
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class Customer:
     customer_id: str
@@ -290,6 +292,7 @@ def validate(order: Order, channel: Channel, catalog: Catalog) -> list[str]:
 # ----------------------------------------------------------------------------- messages between the steps
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class ChannelOrder:
     """A record of commerce.orders as read: parsed, or why not (`problem`), at its event time."""
@@ -306,18 +309,21 @@ class ChannelOrder:
         return f"{self.channel}/{self.external_order_id}"
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class CustomerCheck:
     order_key: str
     customer_id: str
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class CustomerAnswer:
     order_key: str
     customer: Customer | None
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class ToDecide:
     """An order on its way to the arbiter, and how many answers will follow it."""
@@ -329,6 +335,7 @@ class ToDecide:
     raw: RawRecord  # the channel order as read (its coordinates)
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class IntakeDecision:
     """Intake accepted (reasons empty) or rejected an order; the status step shows it."""
@@ -384,6 +391,7 @@ def differences(accepted: Mapping[str, Any], again: Mapping[str, Any]) -> list[s
     return [k for k in a if a[k] != b.get(k)]
 
 
+@pickled_by_position
 @dataclass(slots=True)
 class EntryState:
     intake: str = ""  # the ERP's intake row: "", "pending", "imported" or "failed"
@@ -391,8 +399,6 @@ class EntryState:
     error: str | None = None
     failure_reported: bool = False
 
-    def copy(self) -> EntryState:
-        return EntryState(self.intake, self.accepted, self.error, self.failure_reported)
 
 
 class IntakeEntry:
@@ -457,8 +463,6 @@ class IntakeEntry:
     def close(self, state: EntryState | None, key: str, time: int) -> tuple[EntryState | None, list[Any]]:
         return state, []
 
-    def copy(self, state: EntryState | None) -> EntryState | None:
-        return None if state is None else state.copy()
 
 
 def conflict(key: str, changed: list[str], raw: RawRecord, time: int) -> Emit:
@@ -494,13 +498,12 @@ class CustomerBook:
     def close(self, state: Any, key: str, time: int) -> tuple[Any, list[Any]]:
         return state, []
 
-    def copy(self, state: Any) -> Any:
-        return state  # an immutable tuple
 
 
 # ----------------------------------------------------------------------------- the arbiter
 
 
+@pickled_by_position
 @dataclass(slots=True)
 class Gathering:
     order: ToDecide | None = None  # the answers may come first (they sort before it in its instant)
@@ -509,6 +512,7 @@ class Gathering:
     answers: int = 0
 
 
+@pickled_by_position
 @dataclass(slots=True)
 class ArbiterState:
     # accepted, not yet imported: key -> (accepted ms, ttl expiry ms, lines (line_no, sku, qty), digest doc)
@@ -517,10 +521,6 @@ class ArbiterState:
     reserved: dict[str, int] = field(default_factory=dict)  # sku -> reserved by pending orders
     gathering: dict[str, Gathering] = field(default_factory=dict)  # orders of the current instant
 
-    def copy(self) -> ArbiterState:
-        return ArbiterState(dict(self.pending), dict(self.reserved),
-                            {k: Gathering(g.order, g.customer, dict(g.lines), g.answers)
-                             for k, g in self.gathering.items()})
 
 
 ARBITER_KEY = "intake"
@@ -648,8 +648,6 @@ class Arbiter:
                 " its reservation is released", {"accepted_at_ms": accepted_ms}, now))
         return out
 
-    def copy(self, state: ArbiterState | None) -> ArbiterState | None:
-        return None if state is None else state.copy()
 
 
 def accepted_order(order: Order, customer: Customer, time: int) -> dict[str, Any]:

@@ -17,13 +17,13 @@ the SLA timers of ``state.timers``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from state import exception, newer
 from state.intake import IntakeDecision
-from state.records import Emit, Reseed
+from state.records import Emit, Reseed, pickled_by_position
 from state.timers import Deadline, arm, overdue
 
 ORDER_STATUS_SCHEMA = "io.erpsync.OrderStatus"
@@ -44,6 +44,7 @@ class Slas:
     unknown_sku_ms: int = 60 * 1000  # stock or orders for a SKU the item master does not have (yet)
 
 
+@pickled_by_position
 @dataclass(slots=True)
 class OrderFacts:
     """Everything known about one channel order. Rows are (position, ...) so stale events are ignored."""
@@ -142,10 +143,6 @@ class OrderFacts:
             self.last_fact_ms = max(self.last_fact_ms, time)
         return True
 
-    def copy(self) -> OrderFacts:
-        return replace(self, lines=dict(self.lines), allocations=dict(self.allocations), shipments=dict(self.shipments),
-                       shipment_lines=dict(self.shipment_lines), invoices=dict(self.invoices), prices=dict(self.prices),
-                       freight=dict(self.freight), returns=dict(self.returns), credits=dict(self.credits))
 
 
 def shipped_by_line(facts: OrderFacts) -> dict[int, int]:
@@ -306,6 +303,7 @@ ORDER_FACT_TOPICS = frozenset({"canonical.order", "canonical.order-line", "canon
 SHIPMENT_TOPICS = frozenset({"canonical.shipment", "canonical.shipment-line"})
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class Routed:
     """A fact on its way to the status of channel order `key`."""
@@ -326,16 +324,23 @@ def moved(fact: Emit, cause: Emit, **changes: Any) -> Emit:
                 cause.time, cause.order, tx=cause.tx)
 
 
+def kept(fact: Emit) -> Emit:
+    """What a router keeps of a fact it sent: what ``retraction`` and ``moved`` read.
+
+    Not its source coordinates, event time or transaction: both take them from the change that moves the fact.
+    """
+    return Emit(fact.topic, fact.key, fact.schema, {k: v for k, v in fact.value.items() if k != "source"})
+
+
+@pickled_by_position
 @dataclass(slots=True)
 class RouteState:
     """Where facts of one ERP order (or WMS shipment) go, the facts waiting to learn it, and what went there."""
 
     target: str | None = None
     waiting: list[Emit] = field(default_factory=list)
-    sent: dict[tuple[str, str], Emit] = field(default_factory=dict)  # (topic, key) -> newest fact sent
+    sent: dict[tuple[str, str], Emit] = field(default_factory=dict)  # (topic, key) -> newest fact sent, kept
 
-    def copy(self) -> RouteState:
-        return RouteState(self.target, list(self.waiting), dict(self.sent))
 
 
 class ShipmentRouter:
@@ -362,7 +367,7 @@ class ShipmentRouter:
         order_id = int(st.target)
         for e in ready:
             stamped = self._stamp(e, order_id)
-            st.sent[(e.topic, e.key)] = stamped
+            st.sent[(e.topic, e.key)] = kept(stamped)
             out.append(stamped)
         if item.topic == "canonical.shipment" and (v["op"] == "delete" or v.get("status") == "delivered"):
             return None, out  # delivered (or gone): nothing more to route (late corrections are held, counted)
@@ -377,8 +382,6 @@ class ShipmentRouter:
     def close(self, state: RouteState | None, key: str, time: int) -> tuple[RouteState | None, list[Any]]:
         return state, []
 
-    def copy(self, state: RouteState | None) -> RouteState | None:
-        return None if state is None else state.copy()
 
 
 class OrderRouter:
@@ -403,20 +406,19 @@ class OrderRouter:
         ready, st.waiting = [*st.waiting, item], []
         for e in ready:
             if e.topic != "canonical.order":
-                st.sent[(e.topic, e.key)] = e
+                st.sent[(e.topic, e.key)] = kept(e)
             out.append(Routed(st.target, e))
         return st, out
 
     def close(self, state: RouteState | None, key: str, time: int) -> tuple[RouteState | None, list[Any]]:
         return state, []
 
-    def copy(self, state: RouteState | None) -> RouteState | None:
-        return None if state is None else state.copy()
 
 
 # ----------------------------------------------------------------------------- the status of one order
 
 
+@pickled_by_position
 @dataclass(slots=True)
 class BookState:
     facts: OrderFacts = field(default_factory=OrderFacts)
@@ -427,9 +429,6 @@ class BookState:
     dirty: bool = False  # facts changed in this instant
     armed_ms: dict[str, int] = field(default_factory=dict)  # when each deadline in `armed` was armed
 
-    def copy(self) -> BookState:
-        return BookState(self.facts.copy(), self.shown, dict(self.raised), dict(self.armed), self.mismatch_since,
-                         self.dirty, dict(self.armed_ms))
 
 
 class StatusBook:
@@ -515,8 +514,6 @@ class StatusBook:
         st.armed = wanted
         return out
 
-    def copy(self, state: BookState | None) -> BookState | None:
-        return None if state is None else state.copy()
 
 
 def _key(order_key: str, name: str) -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from state import exception
+from state.records import pickled_by_position
 from state.sequencer import Wake
 
 BUCKET_MS = 60_000
@@ -24,6 +25,7 @@ SEVERITY = {"allocation_sla_breach": "warning", "status_mismatch": "error", "cre
             "unknown_sku": "warning"}
 
 
+@pickled_by_position
 @dataclass(frozen=True, slots=True)
 class Deadline:
     """Arm (`armed`) or disarm the timer `kind` for business key `key`, due at `due`."""
@@ -81,12 +83,11 @@ def fire(d: Deadline) -> Any:
                      {**dict(d.detail), "due_ms": d.due}, d.due)
 
 
+@pickled_by_position
 @dataclass(slots=True)
 class TimerState:
     armed: dict[tuple[str, str], Deadline] = field(default_factory=dict)
 
-    def copy(self) -> TimerState:
-        return TimerState(dict(self.armed))
 
 
 class Timers:
@@ -117,5 +118,3 @@ class Timers:
     def close(self, state: TimerState | None, key: str, time: int) -> tuple[TimerState | None, list[Any]]:
         return state, []
 
-    def copy(self, state: TimerState | None) -> TimerState | None:
-        return None if state is None else state.copy()

@@ -3,6 +3,7 @@ batching or worker count; watermarks cross stages with the data (fences)."""
 
 from __future__ import annotations
 
+import pickle
 import random
 import threading
 from typing import Any
@@ -13,7 +14,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
-from flows.sequencing import StageStep, fence_keys, stage, worker_of
+from flows.sequencing import StageStep, _Step, _StepLogic, fence_keys, stage, worker_of
 from state.sequencer import END_MS, SOURCE_CHANNEL, Mark, MarkMerger, Sequencer, Stamped, Wake, read_group, read_groups
 
 
@@ -34,8 +35,6 @@ class Recorder:
     def close(self, state: Any, key: str, time: int) -> tuple[Any, list[Any]]:
         return state, [("closed", key, time)]
 
-    def copy(self, state: Any) -> Any:
-        return None if state is None else list(state)
 
 
 def _route(forward_to: str | None):
@@ -267,3 +266,51 @@ def test_read_groups_hold_every_channel_once_and_agree_with_read_group() -> None
     assert all(read_group(c, 4) == g for g, members in groups.items() for c in members)
     assert all(members for members in groups.values()) and len(groups) > 1  # spread, no empty group
     assert read_groups(reversed(channels), 4) == groups  # a function of the set of channels
+
+
+# ----------------------------------------------------------------------------- keys at rest are packed
+
+
+class Republisher(Recorder):
+    def republish(self, state: Any, key: str, stores: frozenset[str]) -> list[Any]:
+        return [("republished", key, list(state), sorted(stores))]
+
+
+def _items(key: str, *times: int) -> list[Stamped]:
+    return [Stamped("s1", key, t, (t,), f"item-{t}", last=True) for t in times]
+
+
+def test_a_key_at_rest_is_packed_at_its_snapshot_and_goes_on_as_if_it_never_was() -> None:
+    never = _StepLogic(_Step("s1", Recorder(None), _route(None), 1), None)
+    packed = _StepLogic(_Step("s1", Recorder(None), _route(None), 1), None)
+    first, second = _items("k", 1, 2), _items("k", 3)
+    outs_never = [*never.on_batch(first)[0], *never.on_batch(second)[0]]
+    outs_packed = list(packed.on_batch(first)[0])
+    snap = packed.snapshot()
+    # the snapshot is the key and its state pickled, and the step keeps only that until the key's next item
+    assert isinstance(snap, bytes) and pickle.loads(snap) == ("k", [(1, "item-1"), (2, "item-2")])
+    assert (packed.key, packed.state, packed.packed) == (None, None, snap)
+    out, keep = packed.on_batch(second)
+    assert [*outs_packed, *out] == outs_never and keep == StatefulBatchLogic.RETAIN
+    assert packed.state == never.state and packed.packed is None
+    assert packed.snapshot() == never.snapshot()  # a snapshot of the same state is the same bytes
+
+
+def test_a_step_resumes_from_a_packed_snapshot_and_from_one_taken_before_packing() -> None:
+    live = _StepLogic(_Step("s1", Recorder(None), _route(None), 1), None)
+    live.on_batch(_items("k", 1, 2))
+    snap = live.snapshot()
+    expected = list(live.on_batch(_items("k", 5))[0])
+    for resume in (snap, ("k", [(1, "item-1"), (2, "item-2")])):  # packed; an object (older recovery)
+        resumed = _StepLogic(_Step("s1", Recorder(None), _route(None), 1), resume)
+        assert list(resumed.on_batch(_items("k", 5))[0]) == expected
+        assert resumed.state == live.state
+
+
+def test_a_packed_key_reseeds_a_store_with_its_state() -> None:
+    live = _StepLogic(_Step("s1", Republisher(None), _route(None), 1), None)
+    live.on_batch(_items("k", 1))
+    resumed = _StepLogic(_Step("s1", Republisher(None), _route(None), 1, frozenset({"redis"})), live.snapshot())
+    assert resumed.notify_at() is not None
+    out, keep = resumed.on_notify()
+    assert list(out) == [("republished", "k", [(1, "item-1")], ["redis"])] and keep == StatefulBatchLogic.RETAIN
