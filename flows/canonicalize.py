@@ -144,14 +144,13 @@ def read(raw: Stream[RawRecord | Progress], reader: PartitionReader, channels: M
     group_of = {c: g for g, members in channels.items() for c in members}  # (a dict: read per record)
     mergers = {g: MarkMerger(members, g) for g, members in channels.items()}
 
-    def group(r: RawRecord | Progress) -> str:
-        channel = r.channel if isinstance(r, Progress) else r.read_from
+    def group(channel: str) -> str:
         return group_of.get(channel) or read_group(channel, groups)
 
     def merger_of(channel: str) -> MarkMerger:
-        g = group_of.get(channel) or read_group(channel, groups)
+        g = group(channel)
         return mergers.get(g) or MarkMerger((), g)  # a channel nobody waits for: its group merges nothing
 
-    keyed = op.key_on("read_by_group", raw, group)
+    keyed = op.key_on("read_by_group", raw, lambda r: group(r.channel if isinstance(r, Progress) else r.read_from))
     return op.key_rm("read_unkey", op.stateful_batch(
         "read_groups", keyed, lambda resume: _Logic(reader, merger_of, resume)))

@@ -298,9 +298,10 @@ class _StepLogic(StatefulBatchLogic[Stamped, Any, Any]):
         """The key and its state, packed; called at the end of every epoch in which the key had items.
 
         They stay packed (pickled) until the key's next item: most keys of a distributor (SKUs,
-        orders) rest for many epochs, and pickled a state takes a quarter to a third of the memory
-        of its objects. The pickle is also the snapshot (no copy), and the recovery store takes
-        bytes as they are. A fence key (one per worker, busy) is not packed.
+        orders) rest for many epochs, and pickled a state takes a fifth to a third of the memory
+        of its objects (a SKU's two: about 4.1 KB as objects, 860 bytes pickled). The pickle is
+        also the snapshot (no copy), and the recovery store takes bytes as they are. A fence key
+        (one per worker, busy) is not packed.
         """
         if isinstance(self.state, _FenceState):
             return self.key, _FenceState(dict(self.state.shards), self.state.sent)

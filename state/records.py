@@ -17,6 +17,9 @@ def pickled_by_position(cls: type[T]) -> type[T]:
     the key rests (``flows.sequencing``): positionally, a SKU's states are an eighth to a third smaller
     and pickle and unpickle about a third faster than in the generic ``(None, {slot: value})`` form
     slotted dataclasses get. Every field must be an ``__init__`` argument. Decorate above ``@dataclass``.
+    The records on the hot path (``RawRecord``, ``Emit``, ``Mark``, ``Stamped``) write their
+    ``__reduce__`` out instead: the same form, and a quarter faster than this generic one (measured
+    on 1,000 ``Stamped`` records of an ``Emit``: 400 against 500 us).
     """
     names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
     values = attrgetter(*names) if len(names) > 1 else lambda obj: (getattr(obj, names[0]),)
