@@ -14,6 +14,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
+from flows import packing
 from flows.sequencing import StageStep, _Step, _StepLogic, fence_keys, stage, worker_of
 from state.sequencer import END_MS, SOURCE_CHANNEL, Mark, MarkMerger, Sequencer, Stamped, Wake, read_group, read_groups
 
@@ -287,8 +288,9 @@ def test_a_key_at_rest_is_packed_at_its_snapshot_and_goes_on_as_if_it_never_was(
     outs_never = [*never.on_batch(first)[0], *never.on_batch(second)[0]]
     outs_packed = list(packed.on_batch(first)[0])
     snap = packed.snapshot()
-    # the snapshot is the key and its state pickled, and the step keeps only that until the key's next item
-    assert isinstance(snap, bytes) and pickle.loads(snap) == ("k", [(1, "item-1"), (2, "item-2")])
+    # the snapshot is the key and its state packed, and the step keeps only that until the key's next item
+    assert isinstance(snap, bytes) and snap[0] == packing.ZSTD_1
+    assert packing.unpack(snap) == ("k", [(1, "item-1"), (2, "item-2")])
     assert (packed.key, packed.state, packed.packed) == (None, None, snap)
     out, keep = packed.on_batch(second)
     assert [*outs_packed, *out] == outs_never and keep == StatefulBatchLogic.RETAIN
@@ -301,7 +303,9 @@ def test_a_step_resumes_from_a_packed_snapshot_and_from_one_taken_before_packing
     live.on_batch(_items("k", 1, 2))
     snap = live.snapshot()
     expected = list(live.on_batch(_items("k", 5))[0])
-    for resume in (snap, ("k", [(1, "item-1"), (2, "item-2")])):  # packed; an object (older recovery)
+    older = pickle.dumps(("k", [(1, "item-1"), (2, "item-2")]), protocol=pickle.HIGHEST_PROTOCOL)
+    # packed; pickled without compression, and an object (both written by older releases)
+    for resume in (snap, older, ("k", [(1, "item-1"), (2, "item-2")])):
         resumed = _StepLogic(_Step("s1", Recorder(None), _route(None), 1), resume)
         assert list(resumed.on_batch(_items("k", 5))[0]) == expected
         assert resumed.state == live.state
