@@ -44,7 +44,7 @@ from bytewax.operators import StatefulBatchLogic
 from erpsync import telemetry
 from flows import packing
 from state.records import DeadLetter, Emit, RawRecord
-from state.sequencer import Mark, SeqState, Sequencer, Stamped
+from state.sequencer import Mark, SeqState, Sequencer, Stamped, merged_spans
 
 log = logging.getLogger(__name__)
 FENCE_PREFIX = "\U0010ffff\U0010ffff"  # sorts after any entity key (UTF-8 bytes F4 8F BF BF)
@@ -154,6 +154,7 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, SeqState]):
         self.stage_id = stage_id
         self.sequencer = sequencer
         self.state = resume or SeqState()
+        self.state.spans = merged_spans(self.state.spans)  # (held merged since 2026-12-01: older snapshots)
         self.targets = targets
         self.fences = fences
         self.shard = -1

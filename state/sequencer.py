@@ -23,6 +23,7 @@ end of the input.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import zlib
 from collections.abc import Iterable
@@ -75,7 +76,8 @@ class Wake:
 class SeqState:
     heap: list[tuple[int, Order, int, Stamped]] = field(default_factory=list)
     marks: dict[str, int] = field(default_factory=dict)
-    spans: list[tuple[int, int]] = field(default_factory=list)  # closed, not yet wholly released
+    # closed transactions not yet wholly released, as sorted, disjoint (first ms, last ms) (``add_span``)
+    spans: list[tuple[int, int]] = field(default_factory=list)
     released: int = -1  # the watermark released so far
     wakes: list[tuple[int, str, str]] = field(default_factory=list)  # (ms, step, key), a heap
     seq: int = 0  # arrival counter: keeps heap entries comparable, never decides order among equals
@@ -124,9 +126,10 @@ class Sequencer:
             return []
         if mark.ms > st.marks.get(mark.channel, -1):
             st.marks[mark.channel] = mark.ms
-        if mark.spans:
+        for first, last in mark.spans:
             # a span within one millisecond can never be cut: a watermark is a whole millisecond
-            st.spans.extend(s for s in mark.spans if s[1] > st.released and s[1] > s[0])
+            if last > st.released and last > first:
+                add_span(st.spans, first, last)
         # The promise alone first: while it has not moved past what was released (a channel that is
         # behind), the spans need not be looked at (a replay buffers until its slowest channel moves).
         low = self._promised(st)
@@ -150,8 +153,12 @@ class Sequencer:
             out.extend(Stamped(step, key, ms, (WAKE_RANK,), Wake(ms)) for ms, step, key in sorted(due))
             out.sort(key=_position)
         st.released = upto
-        if st.spans:
-            st.spans = [s for s in st.spans if s[1] > upto]
+        spans = st.spans
+        done = 0
+        while done < len(spans) and spans[done][1] <= upto:  # (sorted by first and by last: disjoint)
+            done += 1
+        if done:
+            del spans[:done]
         mark_closing(out)
         return out
 
@@ -213,19 +220,56 @@ class MarkMerger:
         if low <= st.sent and not st.spans:
             return st, []
         st.sent = max(st.sent, low)
-        spans, st.spans = tuple(st.spans), []
-        return st, [Mark(self.name, st.sent, spans)]
+        # merged once here, not again in every shard of every stage (a span within one ms never counts)
+        spans: list[tuple[int, int]] = []
+        for first, last in st.spans:
+            if last > first:
+                add_span(spans, first, last)
+        st.spans = []
+        return st, [Mark(self.name, st.sent, tuple(spans))]
+
+
+def add_span(spans: list[tuple[int, int]], first: int, last: int) -> None:
+    """Add the closed span (first, last) to `spans`, sorted and disjoint: merged with those it overlaps or meets.
+
+    A watermark may not fall in ``[first, last)`` of any span; moved back before one, it may fall
+    in an earlier one that overlaps or meets it, and so on. So spans that overlap or meet act as
+    their union, and held merged a watermark is checked with one search (``_uncut``), not a scan
+    of every span. A pipeline that is behind holds thousands of them (one per source transaction
+    longer than a millisecond), and every shard checks them at every mark.
+    """
+    if not spans or first > spans[-1][1]:  # (most come in commit order: after every span held)
+        spans.append((first, last))
+        return
+    if first >= spans[-1][0]:  # meets or overlaps only the newest (the others end before it starts)
+        if last > spans[-1][1]:
+            spans[-1] = (spans[-1][0], last)
+        return
+    i = bisect.bisect_right(spans, (first, END_MS))  # the first span starting after `first`
+    if i and spans[i - 1][1] >= first:
+        i -= 1
+        first, last = spans[i][0], max(last, spans[i][1])
+    j = i
+    while j < len(spans) and spans[j][0] <= last:
+        last = max(last, spans[j][1])
+        j += 1
+    spans[i:j] = [(first, last)]
 
 
 def _uncut(spans: list[tuple[int, int]], low: int) -> int:
-    """`low` moved back before every closed span it would cut (moving back may cut an earlier one)."""
-    cut = [s for s in spans if s[0] <= low < s[1]]
-    if not cut:
-        return low
-    for first, last in sorted((s for s in spans if s[0] <= low), reverse=True):
-        if first <= low < last:
-            low = first - 1
+    """`low` moved back before the closed span it would cut (`spans`: sorted, disjoint; see ``add_span``)."""
+    i = bisect.bisect_right(spans, (low, END_MS)) - 1
+    if i >= 0 and spans[i][0] <= low < spans[i][1]:
+        return spans[i][0] - 1
     return low
+
+
+def merged_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Spans as ``add_span`` holds them (a shard's state snapshotted before they were held merged)."""
+    out: list[tuple[int, int]] = []
+    for first, last in spans:
+        add_span(out, first, last)
+    return out
 
 
 def mark_closing(items: list[Stamped]) -> None:
