@@ -221,11 +221,7 @@ class MarkMerger:
             return st, []
         st.sent = max(st.sent, low)
         # merged once here, not again in every shard of every stage (a span within one ms never counts)
-        spans: list[tuple[int, int]] = []
-        for first, last in st.spans:
-            if last > first:
-                add_span(spans, first, last)
-        st.spans = []
+        spans, st.spans = merged_spans([s for s in st.spans if s[1] > s[0]]), []
         return st, [Mark(self.name, st.sent, tuple(spans))]
 
 
