@@ -18,11 +18,12 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.errors import BytewaxRuntimeError
+from bytewax.outputs import DynamicSink
 from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
 from confluent_kafka import KafkaException
 
-from connectors import http_channels, kafka, lifecycle, ops_db
+from connectors import background, http_channels, kafka, lifecycle, ops_db
 from connectors import redis as redis_store
 from connectors.erp_intake import IntakeWriter
 from connectors.files import DumpSource, RedisWrite, ReplaySink, dump_channel_ends
@@ -233,17 +234,21 @@ def _live_flow(settings: Settings, registry: SchemaRegistry, channels: Sequence[
     def for_redis(e: Emit) -> bool:
         return e.schema == AVAILABILITY_SCHEMA and e.value["channel"] in to_redis
 
+    def store(step_id: str, stream: Stream[Emit], sink: DynamicSink[Emit]) -> None:
+        # the stores' round trips on writer threads, written by each epoch's end (connectors.background)
+        background.output(step_id, stream, sink, settings.flows.output_parts)
+
     def push(step_id: str, stream: Stream[Emit], kind: http_channels.Kind) -> None:
         if http_channels.pushes(channels, kind):
             op.output(f"{step_id}_push", stream, push_sink)
 
     def stores(step_id: str, stream: Stream[Emit]) -> None:
-        op.output(f"{step_id}_redis", op.filter(f"{step_id}_redis_channels", stream, for_redis), AtsSink(settings))
-        op.output(f"{step_id}_ops_db", stream, AvailabilitySink(settings))
+        store(f"{step_id}_redis", op.filter(f"{step_id}_redis_channels", stream, for_redis), AtsSink(settings))
+        store(f"{step_id}_ops_db", stream, AvailabilitySink(settings))
         push(step_id, stream, "availability")
 
     def order_status(step_id: str, stream: Stream[Emit]) -> None:
-        op.output(step_id, stream, OrderStatusSink(settings))
+        store(step_id, stream, OrderStatusSink(settings))
         push(step_id, stream, "order_status")
 
     def emits(step_id: str, stream: Stream[Emit]) -> None:
@@ -255,24 +260,24 @@ def _live_flow(settings: Settings, registry: SchemaRegistry, channels: Sequence[
 
     def reseeds(step_id: str, stream: Stream[Reseed]) -> None:
         to_redis_store = op.filter(f"{step_id}_redis_only", stream, lambda r: "redis" in r.stores and for_redis(r.emit))
-        op.output(f"{step_id}_redis", op.map(f"{step_id}_redis_emit", to_redis_store, lambda r: r.emit),
-                  AtsSink(settings))
+        store(f"{step_id}_redis", op.map(f"{step_id}_redis_emit", to_redis_store, lambda r: r.emit),
+              AtsSink(settings))
         to_ops = op.map(f"{step_id}_ops_emit", op.filter(f"{step_id}_ops_only", stream, lambda r: "ops-db" in r.stores),
                         lambda r: r.emit)
         for schema, sink in ((AVAILABILITY_SCHEMA, AvailabilitySink), (ORDER_STATUS_SCHEMA, OrderStatusSink),
                              (EXCEPTION_SCHEMA, ExceptionSink)):
             name = schema.rsplit(".", 1)[-1].lower()
             only = op.filter(f"{step_id}_ops_{name}_only", to_ops, functools.partial(_has_schema, schema))
-            op.output(f"{step_id}_ops_{name}", only, sink(settings))
+            store(f"{step_id}_ops_{name}", only, sink(settings))
 
     sinks = Sinks(
         emits=emits,
         dead_letters=dead_letters,
         ignored=lambda step_id, s: op.output(step_id, s, IgnoredCounter()),
         availability=stores,
-        order_intake=lambda step_id, s: op.output(step_id, s, IntakeWriter(settings)),
+        order_intake=lambda step_id, s: store(step_id, s, IntakeWriter(settings)),
         order_status=order_status,
-        exceptions=lambda step_id, s: op.output(step_id, s, ExceptionSink(settings)),
+        exceptions=lambda step_id, s: store(step_id, s, ExceptionSink(settings)),
         reseed=reseeds,
     )
     flow = build_flow(registry, channels, topology(settings, input_channels, Cluster.of(settings).total_workers,
