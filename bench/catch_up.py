@@ -1,21 +1,23 @@
 """Catching up a backlog: `erpsync run` from fresh state over N records already in the raw topics.
 
-Usage: python -m bench.catch_up [--records 200000] [--skus N] [--workers 1 2] [--runs 1]
+Usage: python -m bench.catch_up [--records 200000] [--skus N] [--workers 1 2] [--processes 1] [--runs 1]
 Needs `erpsync stack up`. The backlog is ``bench.workload``'s mix (catalog, orders through their
 life, stock movements, deletes, duplicates, Debezium transaction metadata), produced into the raw
-topics with its timestamps (``bench.live``). For each worker count, `erpsync run` starts with a new
+topics with its timestamps (``bench.live``). For each process and worker count (`--processes 2`: a
+local cluster, `erpsync run --processes 2`, of that many workers each), `erpsync run` starts with a new
 recovery directory and the bench polls, every half second, until every output holds the value a
 replay of the same records ends with: ATS of every SKU in Redis for every channel, every order's
 status and every exception's state in the ops database, and the last value of every key of the JSON
 channel's compacted topics (availability and order status: the Kafka outputs go through the same
 transactional producer for every channel). It prints events/s from start to final (start-up
-included), the pipeline's CPU seconds, and the ratio to a floor measured in the same run: one
+included), the pipeline's CPU seconds (all its processes), and the ratio to a floor measured in the same run: one
 confluent-kafka consumer reading the backlog and JSON-parsing every key and value.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -30,6 +32,8 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--skus", type=int, help="default: records / 35")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--processes", type=int, nargs="+", default=[1],
+                        help="process counts (more than 1: a local cluster of that many processes)")
     parser.add_argument("--runs", type=int, default=1, help="runs per worker count (the median is printed)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds a run may take to be final")
     parser.add_argument("--checkout", type=Path, action="append", default=[],
@@ -59,15 +63,16 @@ def main() -> None:
         print(f"floor (consume + JSON parse)  {floor_rate:,.0f} records/s, {len(records) / floor_cpu:,.0f} "
               "records per CPU-second")
         for checkout in [None, *args.checkout]:
-            for workers in args.workers:
+            for processes, workers in itertools.product(args.processes, args.workers):
+                shape = f"{workers} worker(s)" if processes == 1 else f"{processes} processes x {workers} worker(s)"
                 rates, cpus = [], []
                 for _ in range(args.runs):
-                    seconds, cpu = run_once(settings, expected, workers, work, args.timeout, checkout)
+                    seconds, cpu = run_once(settings, expected, workers, work, args.timeout, checkout, processes)
                     rates.append(len(records) / seconds)
                     cpus.append(cpu)
-                    print(f"  run, {workers} worker(s)            {seconds:.1f} s to final, CPU {cpu:.1f} s")
+                    print(f"  run, {shape}            {seconds:.1f} s to final, CPU {cpu:.1f} s")
                 rate, cpu = statistics.median(rates), statistics.median(cpus)
-                print(f"erpsync run, {workers} worker(s){f' ({checkout})' if checkout else ''}: {rate:,.0f} records/s "
+                print(f"erpsync run, {shape}{f' ({checkout})' if checkout else ''}: {rate:,.0f} records/s "
                       f"({changes / len(records) * rate:,.0f} change events/s), {len(records) / cpu:,.0f} records "
                       f"per CPU-second, ratio to the floor {rate / floor_rate:.2f}")
     finally:
@@ -76,13 +81,13 @@ def main() -> None:
 
 
 def run_once(settings: Settings, expected: live.Expected, workers: int, work: Path, timeout: float,
-             checkout: Path | None = None) -> tuple[float, float]:
+             checkout: Path | None = None, processes: int = 1) -> tuple[float, float]:
     """Seconds from start to every output final, and the pipeline's CPU seconds by then."""
     live.reset_stores(settings, expected)
     final = live.Finality(settings, expected)
     try:
         start = time.perf_counter()
-        with live.pipeline(workers, work, checkout) as running:
+        with live.pipeline(workers, work, checkout, processes) as running:
             proc = running.proc
             said = start
             while not final.done():

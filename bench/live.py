@@ -272,9 +272,22 @@ class Finality:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a running process (all its threads), from /proc."""
+    """User + system CPU seconds of a running process and its running children (all threads), from /proc.
+
+    A local cluster (`erpsync run --processes N`) is a supervisor and its N pipeline processes.
+    """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(child) for child in children(pid))
+
+
+def children(pid: int) -> list[int]:
+    """The running child processes of `pid`."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -290,16 +303,19 @@ class Running:
 
 
 @contextlib.contextmanager
-def pipeline(workers: int, work: Path, checkout: Path | None = None, **env: str) -> Iterator[Running]:
+def pipeline(workers: int, work: Path, checkout: Path | None = None, processes: int = 1,
+             **env: str) -> Iterator[Running]:
     """`erpsync run` with fresh state (its own recovery directory) and `workers` workers; stopped with SIGINT.
 
     `checkout`: run the code of another checkout of erpsync (a worktree of an older commit: before/after).
+    `processes`: more than 1 runs a local cluster (`erpsync run --processes N`) of `workers` workers each.
     """
     recovery = Path(tempfile.mkdtemp(prefix="recovery-", dir=work))
     recovery.rmdir()  # erpsync run initializes a directory that does not exist yet
     environ = dict(os.environ, ERPSYNC_FLOWS__RECOVERY_DIR=str(recovery), ERPSYNC_FLOWS__WORKERS=str(workers), **env)
     log = (work / f"run-{recovery.name}.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "erpsync", "run"], env=environ, stdout=log,
+    cluster = ["--processes", str(processes)] if processes > 1 else []
+    proc = subprocess.Popen([sys.executable, "-m", "erpsync", "run", *cluster], env=environ, stdout=log,
                             stderr=subprocess.STDOUT, cwd=checkout)  # `python -m` imports from its cwd first
     try:
         yield Running(proc, recovery)
