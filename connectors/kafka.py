@@ -94,11 +94,11 @@ class Alignment:
     of event time in one batch, and everything it read waits in the stages' buffers, which every
     snapshot then pickles and writes whole. Measured on a 5M-record history before batches were
     cut by time: partitions hours ahead, 70,000 items and 34 MB of shard snapshots per epoch, and
-    the snapshots half of the pipeline's CPU. So a partition reads only up to ``AHEAD_MS`` of event
-    time past the slowest partition still reading (``bound``): a batch stops at the first record
-    beyond it. The slowest, or a partition not reading yet, always takes at least one record, so
-    the backlog always moves; a partition read to its end holds nobody back. Outputs do not change:
-    the stages order by event time whatever the arrival order.
+    pickling and writing them over half of the worker thread's time. So a partition reads only up
+    to ``AHEAD_MS`` of event time past the slowest partition still reading (``bound``): a batch
+    stops at the first record beyond it. The slowest, or a partition not reading yet, always takes
+    at least one record, so the backlog always moves; a partition read to its end holds nobody
+    back. Outputs do not change: the stages order by event time whatever the arrival order.
     """
 
     AHEAD_MS = 1_000
@@ -313,13 +313,13 @@ def raw_input(flow: Dataflow, step_id: str, settings: Settings,
 
 
 def _timestamp(msg: Any) -> int:
+    """A message's timestamp in milliseconds, 0 when it has none."""
     kind, ts = msg.timestamp()
     return int(ts) if kind != TIMESTAMP_NOT_AVAILABLE else 0
 
 
 def _to_raw(msg: Any, channel: str) -> RawRecord:
-    kind, ts = msg.timestamp()
-    ts = ts if kind != TIMESTAMP_NOT_AVAILABLE else 0
+    ts = _timestamp(msg)
     topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
     telemetry.consumed(topic, partition, offset)
     if topic == DLQ_REPLAY_TOPIC:  # a dead letter re-injected: it stands for the original record
