@@ -90,15 +90,13 @@ class Alignment:
 
     The sequenced stages release an item only once every input partition has passed its time
     (``flows.sequencing``). While catching up a backlog, a partition whose records are sparse in
-    time (channel orders, returns, transaction metadata of a quiet source) covers minutes or hours
-    of event time in one batch, and everything it read waits in the stages' buffers, which every
-    snapshot then pickles and writes whole. Measured on a 5M-record history before batches were
-    cut by time: partitions hours ahead, 70,000 items and 34 MB of shard snapshots per epoch, and
-    pickling and writing them over half of the worker thread's time. So a partition reads only up
-    to ``AHEAD_MS`` of event time past the slowest partition still reading (``bound``): a batch
-    stops at the first record beyond it. The slowest, or a partition not reading yet, always takes
-    at least one record, so the backlog always moves; a partition read to its end holds nobody
-    back. Outputs do not change: the stages order by event time whatever the arrival order.
+    time (channel orders, transaction metadata of a quiet source) reads hours ahead of a dense one
+    (inventory balances) in a few batches, and everything it read waits in the stages' buffers,
+    which every snapshot then writes whole: on 200,000 records, a few megabytes per shard and epoch.
+    So a partition that is more than ``AHEAD_MS`` of event time ahead of the slowest partition
+    still reading skips its turn until the slowest catches up. A partition read to its end (or not
+    read yet) holds nobody back, and the slowest never waits, so the backlog always moves. Outputs
+    do not change: the stages order by event time whatever the arrival order.
     """
 
     AHEAD_MS = 1_000
@@ -115,19 +113,10 @@ class Alignment:
         with self.lock:
             self.clocks.pop(channel, None)
 
-    def bound(self, channel: str) -> tuple[int | None, bool]:
-        """(newest event time `channel` may read now, None: no partition is reading; whether it is free).
-
-        A free partition (the slowest, or one not reading yet, which then gets a clock of its
-        own) takes its next record whatever its time, so it moves, and then reads up to AHEAD_MS
-        past that record at most.
-        """
+    def ahead(self, channel: str) -> bool:
         with self.lock:
-            if not self.clocks:
-                return None, True
-            slowest = min(self.clocks.values())
             mine = self.clocks.get(channel)
-            return slowest + self.AHEAD_MS, mine is None or mine <= slowest
+            return mine is not None and mine > min(self.clocks.values()) + self.AHEAD_MS
 
 
 ALIGNMENT = Alignment()  # shared by the partitions of one process
@@ -238,17 +227,14 @@ class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
         if len(self.buffer) < self.batch_size:
             self.shared.fill(self.batch_size)
         out: list[RawRecord | Progress] = []
-        limit, free = ALIGNMENT.bound(self.channel)
-        head = _timestamp(self.buffer[0]) if self.buffer else 0
-        if free and head:  # it moves, but by AHEAD_MS of its own at most
-            own = head + ALIGNMENT.AHEAD_MS
-            limit = own if limit is None else min(limit, own)
+        if ALIGNMENT.ahead(self.channel):
+            self.paused = True
+            return out
+        self.paused = False
         now = int(time.time() * 1000)
         newest = 0
         buffer = self.buffer
-        while buffer and len(out) < self.batch_size:
-            if limit is not None and _timestamp(buffer[0]) > limit and (out or not free):
-                break  # ahead of the slowest partition (``Alignment``): the rest waits in the buffer
+        for _ in range(min(len(buffer), self.batch_size)):
             msg = buffer.popleft()
             raw = _to_raw(msg, self.channel)
             if raw.timestamp_ms > 0:
@@ -257,7 +243,6 @@ class _RawPartition(StatefulSourcePartition[RawRecord | Progress, int]):
                 newest = raw.timestamp_ms
             out.append(raw)
             self.offset = (msg.offset() or 0) + 1
-        self.paused = not out and bool(buffer)
         self.shared.drained(self)
         if self.at_end:
             ALIGNMENT.caught_up(self.channel)
@@ -312,14 +297,9 @@ def raw_input(flow: Dataflow, step_id: str, settings: Settings,
     return op.input(step_id, flow, RawSource(settings, partitions))
 
 
-def _timestamp(msg: Any) -> int:
-    """A message's timestamp in milliseconds, 0 when it has none."""
-    kind, ts = msg.timestamp()
-    return int(ts) if kind != TIMESTAMP_NOT_AVAILABLE else 0
-
-
 def _to_raw(msg: Any, channel: str) -> RawRecord:
-    ts = _timestamp(msg)
+    kind, ts = msg.timestamp()
+    ts = ts if kind != TIMESTAMP_NOT_AVAILABLE else 0
     topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
     telemetry.consumed(topic, partition, offset)
     if topic == DLQ_REPLAY_TOPIC:  # a dead letter re-injected: it stands for the original record
